@@ -1,0 +1,5 @@
+"""``python -m medpipe`` is the ``medpipe`` command."""
+
+from medpipe.cli import main
+
+main()

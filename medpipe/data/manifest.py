@@ -1,0 +1,199 @@
+"""Data manifests: Decathlon-format datalists with a portable dataset root.
+
+A manifest is a JSON file in MONAI's Decathlon datalist format (``training`` / ``validation`` /
+``test`` lists of ``{"image": ..., "label": ...}``) plus a few medpipe keys:
+
+``dataset_dir``
+    folder the relative paths are resolved against; itself relative to the manifest file, so a
+    manifest and its data can move together. A bundle may override it (``--set dataset_dir=/data``).
+``generator``
+    optional ``{"name": ..., "version": ...}``: the data is synthetic and medpipe makes it,
+    deterministically, the first time the manifest is used (see :mod:`medpipe.data.demo`).
+``labels``, ``name``, ``description``, ``synthetic``
+    documentation carried with the data.
+
+Every problem raises :class:`~medpipe.errors.ManifestError` with a stable code:
+``MANIFEST_NOT_FOUND``, ``MANIFEST_INVALID``, ``MANIFEST_UNKNOWN_SPLIT``, ``MANIFEST_EMPTY_SPLIT``,
+``MANIFEST_MISSING_FILES``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medpipe.errors import ManifestError
+
+#: Splits a manifest may define, in the order they are reported.
+SPLITS = ("training", "validation", "test")
+#: Entry keys holding paths (resolved against the dataset folder); other keys are passed through.
+PATH_KEYS = ("image", "label", "dicom")
+#: How many missing files an error message lists before summarising.
+MAX_LISTED = 5
+
+
+@dataclass
+class Manifest:
+    """A parsed, structurally valid manifest. File existence is checked per split by :meth:`split`."""
+
+    path: Path
+    content: dict[str, Any] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.content.get("name", self.path.stem))
+
+    @property
+    def generator(self) -> dict[str, Any] | None:
+        return self.content.get("generator")
+
+    def dataset_dir(self, override: str | Path | None = None) -> Path:
+        """The folder relative entries resolve against: ``override``, else ``dataset_dir`` relative
+        to the manifest file, else the manifest's own folder."""
+        if override not in (None, ""):
+            return Path(override).expanduser().resolve()
+        rel = self.content.get("dataset_dir", ".")
+        return (self.path.parent / Path(rel).expanduser()).resolve()
+
+    def split_names(self) -> list[str]:
+        return [s for s in SPLITS if s in self.content]
+
+    def split(
+        self,
+        name: str,
+        *,
+        dataset_dir: str | Path | None = None,
+        required_keys: Sequence[str] = ("image",),
+        check_files: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Entries of split ``name`` with absolute paths; raises if the split is empty or files are missing."""
+        if name not in self.content:
+            known = ", ".join(self.split_names()) or "none"
+            raise ManifestError(
+                f"manifest {self.path} has no split '{name}' (it has: {known}); "
+                f"add a '{name}' list or choose another split",
+                code="MANIFEST_UNKNOWN_SPLIT",
+            )
+        entries = self.content[name]
+        if not entries:
+            raise ManifestError(
+                f"split '{name}' of manifest {self.path} is empty; add at least one case",
+                code="MANIFEST_EMPTY_SPLIT",
+            )
+        root = self.dataset_dir(dataset_dir)
+        if self.generator and root == self.dataset_dir():
+            # synthetic data made on first use, into the manifest's own dataset folder only
+            from medpipe.data.demo import ensure_generated
+
+            ensure_generated(self.generator, root)
+        resolved, missing = [], []
+        for i, entry in enumerate(entries):
+            absent = [k for k in required_keys if k not in entry]
+            if absent:
+                raise ManifestError(
+                    f"entry {i} of split '{name}' in {self.path} lacks key(s) {absent}; "
+                    f"every entry needs {list(required_keys)}",
+                    code="MANIFEST_INVALID",
+                )
+            item = dict(entry)
+            for key in PATH_KEYS:
+                if key in item:
+                    p = Path(item[key]).expanduser()
+                    p = p if p.is_absolute() else root / p
+                    item[key] = str(p)
+                    if check_files and not p.exists():
+                        missing.append(str(p))
+            resolved.append(item)
+        if missing:
+            shown = ", ".join(missing[:MAX_LISTED])
+            more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+            raise ManifestError(
+                f"{len(missing)} file(s) of split '{name}' in {self.path} do not exist: {shown}{more}; "
+                f"paths are resolved against {root} (set dataset_dir to where the data is)",
+                code="MANIFEST_MISSING_FILES",
+            )
+        return resolved
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and structurally validate a manifest file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ManifestError(
+            f"manifest file {p} does not exist; pass --manifest with the path of a datalist JSON",
+            code="MANIFEST_NOT_FOUND",
+        )
+    try:
+        content = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"manifest {p} is not valid JSON ({e})", code="MANIFEST_INVALID") from None
+    if not isinstance(content, dict):
+        raise ManifestError(
+            f"manifest {p} must be a JSON object with 'training'/'validation'/'test' lists, "
+            f"got {type(content).__name__}",
+            code="MANIFEST_INVALID",
+        )
+    if not any(s in content for s in SPLITS):
+        raise ManifestError(
+            f"manifest {p} has none of the splits {list(SPLITS)}; keys found: {sorted(content)[:8]}",
+            code="MANIFEST_INVALID",
+        )
+    for s in SPLITS:
+        if s in content and not (
+            isinstance(content[s], list) and all(isinstance(e, dict) for e in content[s])
+        ):
+            raise ManifestError(
+                f"split '{s}' of manifest {p} must be a list of objects like "
+                '{"image": "...", "label": "..."}',
+                code="MANIFEST_INVALID",
+            )
+    return Manifest(path=p.resolve(), content=content)
+
+
+def load_split(
+    manifest: str | Path,
+    split: str,
+    dataset_dir: str | Path | None = None,
+    keys: Sequence[str] = ("image", "label"),
+) -> list[dict[str, Any]]:
+    """Entries of one split with absolute paths: the call bundle configs make
+    (``"$medpipe.data.manifest.load_split(@manifest, 'training', @dataset_dir)"``)."""
+    return load_manifest(manifest).split(split, dataset_dir=dataset_dir, required_keys=keys)
+
+
+def manifest_dataset_dir(manifest: str | Path) -> str:
+    """Default ``dataset_dir`` of a manifest, for bundle configs."""
+    return str(load_manifest(manifest).dataset_dir())
+
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def inference_inputs(
+    dataset_dir: str | Path | None, manifest: str | Path | None = None, split: str = "test"
+) -> list[dict[str, str]]:
+    """Inputs of an inference config: every NIfTI file in ``dataset_dir`` (sorted), or, when no
+    folder is given, the images of ``split`` in ``manifest``."""
+    if dataset_dir not in (None, ""):
+        root = Path(str(dataset_dir)).expanduser()
+        if root.is_file() and root.name.endswith(NIFTI_SUFFIXES):
+            return [{"image": str(root.resolve())}]
+        if not root.is_dir():
+            raise ManifestError(
+                f"input {root} is neither a folder nor a NIfTI file; pass --dataset_dir with a folder of "
+                ".nii/.nii.gz images",
+                code="INPUT_NOT_FOUND",
+            )
+        files = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+        if not files:
+            raise ManifestError(
+                f"folder {root} holds no .nii/.nii.gz files; DICOM folders go through 'medpipe infer'",
+                code="INPUT_NO_IMAGES",
+            )
+        return [{"image": str(p.resolve())} for p in files]
+    if manifest in (None, ""):
+        raise ManifestError("no input: set dataset_dir (a folder of NIfTI images) or manifest", code="INPUT_NOT_FOUND")
+    return [{"image": e["image"]} for e in load_split(manifest, split, keys=("image",))]

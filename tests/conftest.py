@@ -1,0 +1,31 @@
+"""Shared fixtures: the repository layout and a tiny phantom dataset made once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "lung_nodule_ct"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+#: Small but anatomically complete phantoms: fast to make and to train on for one epoch.
+TINY_SHAPE = (96, 80, 24)
+TINY_SPACING = (3.2, 3.2, 5.0)
+TINY_SPLITS = {"training": 2, "validation": 1, "test": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-case phantom dataset (NIfTI + DICOM) and its manifest ``manifest.json`` beside it."""
+    from medpipe.data.demo import generate_dataset, manifest_content
+    from medpipe.data.phantom import PhantomSpec
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    spec = PhantomSpec(shape=TINY_SHAPE, spacing=TINY_SPACING)
+    generate_dataset(root, TINY_SPLITS, spec=spec, workers=1, progress=False)
+    manifest = root.parent / "manifest.json"
+    manifest.write_text(json.dumps(manifest_content("data", TINY_SPLITS, with_generator=False)))
+    return manifest

@@ -1,0 +1,139 @@
+"""Manifests: structure checks, path resolution, coded errors, and the committed demo manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medpipe.data import demo
+from medpipe.data.manifest import inference_inputs, load_manifest, load_split
+from medpipe.errors import ManifestError
+from tests.conftest import REPO
+
+
+def write(path: Path, content) -> Path:
+    path.write_text(json.dumps(content) if not isinstance(content, str) else content)
+    return path
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    (tmp_path / "d").mkdir()
+    for name in ("a.nii.gz", "a_seg.nii.gz", "b.nii.gz", "b_seg.nii.gz"):
+        (tmp_path / "d" / name).write_bytes(b"x")
+    return write(
+        tmp_path / "m.json",
+        {
+            "dataset_dir": "d",
+            "training": [{"image": "a.nii.gz", "label": "a_seg.nii.gz"}],
+            "validation": [{"image": "b.nii.gz", "label": "b_seg.nii.gz", "case_id": "b"}],
+            "test": [],
+        },
+    )
+
+
+def test_paths_resolve_against_dataset_dir_relative_to_manifest(small: Path) -> None:
+    (entry,) = load_split(small, "validation")
+    assert entry["image"] == str(small.parent / "d" / "b.nii.gz")
+    assert entry["label"] == str(small.parent / "d" / "b_seg.nii.gz")
+    assert entry["case_id"] == "b"  # non-path keys pass through
+
+
+def test_dataset_dir_override_moves_the_root(small: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere"
+    (small.parent / "d").rename(moved)
+    with pytest.raises(ManifestError) as e:
+        load_split(small, "training")
+    assert e.value.code == "MANIFEST_MISSING_FILES"
+    (entry,) = load_split(small, "training", dataset_dir=moved)
+    assert entry["image"] == str(moved / "a.nii.gz")
+
+
+def test_missing_files_are_listed(small: Path) -> None:
+    (small.parent / "d" / "a_seg.nii.gz").unlink()
+    with pytest.raises(ManifestError) as e:
+        load_split(small, "training")
+    assert e.value.code == "MANIFEST_MISSING_FILES"
+    assert "a_seg.nii.gz" in str(e.value)
+
+
+def test_missing_files_message_is_bounded(tmp_path: Path) -> None:
+    entries = [{"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz"} for i in range(20)]
+    m = write(tmp_path / "m.json", {"training": entries})
+    with pytest.raises(ManifestError) as e:
+        load_split(m, "training")
+    assert "40 file(s)" in str(e.value) and "and 35 more" in str(e.value)
+
+
+def test_empty_split(small: Path) -> None:
+    with pytest.raises(ManifestError) as e:
+        load_split(small, "test")
+    assert e.value.code == "MANIFEST_EMPTY_SPLIT"
+
+
+def test_unknown_split_names_known_ones(small: Path) -> None:
+    with pytest.raises(ManifestError) as e:
+        load_split(small, "holdout")
+    assert e.value.code == "MANIFEST_UNKNOWN_SPLIT"
+    assert "training, validation, test" in str(e.value)
+
+
+def test_entry_without_required_key(tmp_path: Path) -> None:
+    m = write(tmp_path / "m.json", {"training": [{"image": "a.nii.gz"}]})
+    with pytest.raises(ManifestError) as e:
+        load_split(m, "training")
+    assert e.value.code == "MANIFEST_INVALID" and "label" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[1, 2]", {"images": []}, {"training": {"image": "a"}}, {"training": ["a.nii.gz"]}],
+)
+def test_malformed_manifests(tmp_path: Path, content) -> None:
+    with pytest.raises(ManifestError) as e:
+        load_manifest(write(tmp_path / "m.json", content))
+    assert e.value.code == "MANIFEST_INVALID"
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError) as e:
+        load_manifest(tmp_path / "nope.json")
+    assert e.value.code == "MANIFEST_NOT_FOUND"
+    assert isinstance(e.value, ValueError)  # generic handlers still catch it
+
+
+def test_inference_inputs_from_folder_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "b.nii.gz").write_bytes(b"x")
+    (tmp_path / "a.nii").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [Path(e["image"]).name for e in inference_inputs(tmp_path)] == ["a.nii", "b.nii.gz"]
+    with pytest.raises(ManifestError) as e:
+        inference_inputs(tmp_path / "absent")
+    assert e.value.code == "INPUT_NOT_FOUND"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ManifestError) as e:
+        inference_inputs(empty)
+    assert e.value.code == "INPUT_NO_IMAGES"
+
+
+def test_committed_demo_manifest_matches_generator() -> None:
+    """The manifest in the repo lists exactly the cases the generator writes, in the declared splits."""
+    path = REPO / "data_manifests" / "lung_nodule_ct_demo.json"
+    committed = json.loads(path.read_text())
+    expected = demo.manifest_content(committed["dataset_dir"])
+    assert committed == expected
+    m = load_manifest(path)
+    assert m.generator == {"name": "lung_nodule_ct_demo", "version": demo.GENERATOR_VERSION,
+                           "splits": demo.DEFAULT_SPLITS}
+    ids = [e["case_id"] for s in ("training", "validation", "test") for e in committed[s]]
+    assert len(ids) == len(set(ids)) == sum(demo.DEFAULT_SPLITS.values())  # no case in two splits
+
+
+def test_tiny_dataset_manifest_resolves(tiny_dataset: Path) -> None:
+    for split in ("training", "validation", "test"):
+        for entry in load_split(tiny_dataset, split):
+            assert Path(entry["image"]).is_file() and Path(entry["label"]).is_file()
+            assert any(Path(entry["dicom"]).glob("*.dcm"))
