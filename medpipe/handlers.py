@@ -145,7 +145,7 @@ class TrainingReport:
         vals = [(r["epoch"], r[self.key_metric]) for r in self.history if self.key_metric in r]
         if vals:
             ax2 = ax.twinx()
-            ax2.plot(*zip(*vals), "o-", color="tab:orange", label=self.key_metric)
+            ax2.plot([e for e, _ in vals], [v for _, v in vals], "o-", color="tab:orange", label=self.key_metric)
             ax2.set_ylabel(self.key_metric)
             ax2.set_ylim(0, 1)
             ax2.legend(loc="lower right")

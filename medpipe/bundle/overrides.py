@@ -20,7 +20,6 @@ from monai.bundle.utils import ID_SEP_KEY
 
 from medpipe.errors import BundleError
 
-
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 

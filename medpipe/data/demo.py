@@ -31,7 +31,7 @@ GENERATOR_NAME = "lung_nodule_ct_demo"
 #: Bump when the phantom recipe or layout changes: existing generated folders are then rebuilt.
 GENERATOR_VERSION = 1
 BASE_SEED = 20261123
-DEFAULT_SPLITS: dict[str, int] = {"training": 16, "validation": 4, "test": 4}
+DEFAULT_SPLITS: dict[str, int] = {"training": 24, "validation": 6, "test": 6}
 STAMP = ".medpipe_generated.json"
 
 

@@ -96,10 +96,11 @@ def test_export_without_weights(tmp_path: Path) -> None:
 def test_invalid_component_value_is_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
     line = assert_coded(
         run("train", "--bundle", str(BUNDLE), "--manifest", str(tiny_dataset),
-            "--set", f"ckpt_dir={tmp_path}", "--set", "network_def::channels=[16, 32]"),
+            "--set", f"ckpt_dir={tmp_path}", "--set", "network_def::norm=nonsense"),
         "CONFIG_INVALID",
     )
-    assert "network_def" in line or "UNet" in line
+    assert "UNet" in line and "NONSENSE" in line.upper()
+    assert not (tmp_path / "model.pt").exists()  # refused before any training
 
 
 def test_usage_error_exit_2() -> None:

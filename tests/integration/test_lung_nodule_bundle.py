@@ -1,0 +1,133 @@
+"""The real lung_nodule_ct bundle end to end on tiny phantoms: train one epoch through ``medpipe
+train``, export with MONAI's ``ckpt_export``, then run inference, ``verify_net_in_out`` and the
+evaluate layer through ``python -m monai.bundle`` in subprocesses from another working directory.
+
+"Tiny crop" overrides (as MONAI's model-zoo CI does): coarse pixdim and a 32x32x16 ROI.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from medpipe.cli import cli
+from medpipe.data.manifest import load_split
+from tests.conftest import BUNDLE, TINY_SPACING
+
+TINY = [f"pixdim={list(TINY_SPACING)}", "roi_size=[32, 32, 16]", "val_interval=1"]
+
+
+def monai_bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the bundle trained for one epoch on the tiny phantoms; returns the bundle folder."""
+    work = tmp_path_factory.mktemp("bundle")
+    bundle = work / "lung_nodule_ct"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("model.pt", "model.ts", "runs", "eval"))
+    args = ["train", "--bundle", str(bundle), "--manifest", str(tiny_dataset), "--max-epochs", "1", "--device", "cpu"]
+    for s in TINY + [f"output_dir={work / 'runs'}"]:
+        args += ["--set", s]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "epoch 1/1" in result.output and "val_mean_dice" in result.output
+    return bundle
+
+
+def test_training_writes_checkpoint_metrics_and_curve(trained: Path) -> None:
+    models = trained / "models"
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert any(k.endswith("weight") for k in state)
+    record = json.loads((models / "training_metrics.json").read_text())
+    assert record["epochs_completed"] == 1 and len(record["history"]) == 1
+    assert 0.0 <= record["best_metric"] <= 1.0 and np.isfinite(record["history"][0]["loss"])
+    assert (models / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inference_from_another_directory_keeps_shape_and_affine(
+    trained: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for entry in load_split(tiny_dataset, "test") + load_split(tiny_dataset, "validation"):
+        shutil.copy(entry["image"], inputs)
+    out = tmp_path / "out"
+    configs = [str(trained / "configs" / "common.json"), str(trained / "configs" / "inference.json")]
+    monai_bundle(
+        "run", "--config_file", json.dumps(configs), "--meta_file", str(trained / "configs" / "metadata.json"),
+        "--bundle_root", str(trained), "--dataset_dir", str(inputs), "--output_dir", str(out),
+        "--pixdim", json.dumps(list(TINY_SPACING)), "--roi_size", "[32,32,16]",
+        cwd=tmp_path,
+    )
+    images = sorted(inputs.glob("*.nii.gz"))
+    assert len(images) == 2
+    for image in images:
+        seg = out / image.name.replace(".nii.gz", "_seg.nii.gz")
+        assert seg.is_file(), sorted(p.name for p in out.iterdir())
+        src, pred = nib.load(image), nib.load(seg)
+        assert pred.shape == src.shape
+        np.testing.assert_allclose(pred.affine, src.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+
+
+def test_export_and_monai_checks(trained: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["export", "--bundle", str(trained)])
+    assert result.exit_code == 0, result.output
+    ts = trained / "models" / "model.ts"
+    assert ts.is_file()
+    assert "max |diff| = 0" in result.output or "e-0" in result.output
+    net = torch.jit.load(str(ts))
+    with torch.no_grad():
+        y = net(torch.zeros(1, 1, 32, 32, 16))
+    assert tuple(y.shape) == (1, 2, 32, 32, 16)
+    meta, common = str(trained / "configs" / "metadata.json"), str(trained / "configs" / "common.json")
+    monai_bundle("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", common,
+                 "--bundle_root", str(trained), "--n", "2", cwd=tmp_path)
+    monai_bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "again.ts"), "--meta_file", meta,
+                 "--config_file", common, "--ckpt_file", str(trained / "models" / "model.pt"),
+                 "--bundle_root", str(trained), cwd=tmp_path)
+    assert (tmp_path / "again.ts").is_file()
+
+
+def test_evaluate_layer_runs_with_monai(trained: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    c = trained / "configs"
+    configs = [str(c / "common.json"), str(c / "train.json"), str(c / "evaluate.json")]
+    monai_bundle(
+        "run", "--config_file", json.dumps(configs), "--meta_file", str(c / "metadata.json"),
+        "--bundle_root", str(trained), "--manifest", str(tiny_dataset), "--eval_dir", str(tmp_path / "eval"),
+        "--pixdim", json.dumps(list(TINY_SPACING)), "--roi_size", "[32,32,16]",
+        cwd=tmp_path,
+    )
+    rows = (tmp_path / "eval" / "metrics.csv").read_text().strip().splitlines()
+    name, value = rows[0].split(",")
+    assert name == "val_mean_dice" and 0.0 <= float(value) <= 1.0
+
+
+def test_train_config_runs_under_monai_bundle(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The train config is also a plain MONAI bundle workflow (no medpipe CLI involved)."""
+    c = BUNDLE / "configs"
+    configs = [str(c / "common.json"), str(c / "train.json")]
+    monai_bundle(
+        "run", "--config_file", json.dumps(configs), "--meta_file", str(c / "metadata.json"),
+        "--bundle_root", str(BUNDLE), "--manifest", str(tiny_dataset), "--max_epochs", "1",
+        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),
+        "--pixdim", json.dumps(list(TINY_SPACING)), "--roi_size", "[32,32,16]", "--val_interval", "1",
+        cwd=tmp_path,
+    )
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert (tmp_path / "models" / "training_metrics.json").is_file()
