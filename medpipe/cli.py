@@ -5,18 +5,21 @@ Heavy imports (torch, MONAI) happen inside commands so ``medpipe --help`` is ins
 ``error: CODE: message``, and exit status 3; click's usage errors exit 2; anything else is a bug and
 shows its traceback.
 
-Exit status: 0 success, 1 unexpected error (a bug), 2 usage error, 3 bad input or config.
+Exit status: 0 success, 1 unexpected error (a bug), 2 usage error, 3 bad input or config, 4 partial
+(a batch command did some items and recorded coded failures for others).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections import Counter
 from typing import Any
 
 import click
 
 from medpipe import __version__
-from medpipe.errors import EXIT_INPUT_ERROR, MedpipeError, find_medpipe_error
+from medpipe.errors import EXIT_INPUT_ERROR, EXIT_PARTIAL, MedpipeError, find_medpipe_error
 
 
 class MedpipeGroup(click.Group):
@@ -63,9 +66,16 @@ def cli() -> None:
 @click.option("--max-epochs", type=click.IntRange(min=1), help="Number of epochs (config id max_epochs).")
 @click.option("--device", type=str, help="cpu, cuda or cuda:N (default: cuda if available, else cpu).")
 @set_option
-@click.option("-v", "--verbose", is_flag=True, help="Also apply the bundle's logging.conf (MONAI's own logs).")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also apply the bundle's logging.conf (MONAI's own logs)."
+)
 def train(
-    bundle: str, manifest: str | None, max_epochs: int | None, device: str | None, sets: tuple[str, ...], verbose: bool
+    bundle: str,
+    manifest: str | None,
+    max_epochs: int | None,
+    device: str | None,
+    sets: tuple[str, ...],
+    verbose: bool,
 ) -> None:
     """Train a bundle with its own train config (MONAI SupervisedTrainer).
 
@@ -88,7 +98,9 @@ def train(
 
 @cli.command()
 @bundle_option
-@click.option("--output", type=click.Path(dir_okay=False, path_type=str), help="Default: <bundle>/models/model.ts.")
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=str), help="Default: <bundle>/models/model.ts."
+)
 def export(bundle: str, output: str | None) -> None:
     """Export models/model.pt to TorchScript with MONAI's ckpt_export, and check it."""
     from medpipe.bundle.export import export_torchscript
@@ -117,11 +129,143 @@ def check(bundle: str) -> None:
         missing = missing_properties(parser, "train" if workflow == "train" else "infer")
         if missing:
             raise MedpipeError(
-                f"{workflow} workflow lacks the MONAI bundle properties {missing}", code="BUNDLE_MISSING_PROPERTIES"
+                f"{workflow} workflow lacks the MONAI bundle properties {missing}",
+                code="BUNDLE_MISSING_PROPERTIES",
             )
         click.echo(f"{workflow}: required MONAI bundle properties present")
     verify_network(layout.root)
     click.echo("verify_net_in_out: network input/output match metadata.json")
+
+
+def assembly_options(func: Any) -> Any:
+    """The options that let assembly repair a series instead of refusing it (shared by dicom commands)."""
+    func = click.option(
+        "--min-slices",
+        type=click.IntRange(min=1),
+        default=3,
+        show_default=True,
+        help="Refuse shorter stacks.",
+    )(func)
+    func = click.option(
+        "--correct-tilt",
+        is_flag=True,
+        help="Resample gantry-tilted series onto a rectilinear grid (as dcm2niix).",
+    )(func)
+    func = click.option(
+        "--resample-gaps",
+        is_flag=True,
+        help="Interpolate across missing slices / uneven spacing instead of refusing.",
+    )(func)
+    return func
+
+
+def _options(resample_gaps: bool, correct_tilt: bool, min_slices: int):
+    from medpipe.dicom.geometry import AssemblyOptions
+
+    return AssemblyOptions(min_slices=min_slices, resample_gaps=resample_gaps, correct_tilt=correct_tilt)
+
+
+@cli.group()
+def dicom() -> None:
+    """Inspect DICOM folders: series discovery and validation (headers only)."""
+
+
+@dicom.command("ls")
+@click.argument("folder", type=click.Path(exists=True, path_type=str))
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output (includes unreadable file paths)."
+)
+@assembly_options
+def dicom_ls(folder: str, as_json: bool, resample_gaps: bool, correct_tilt: bool, min_slices: int) -> None:
+    """List the series under FOLDER (recursive): one row per stack, with its status or error code.
+
+    Reads headers only, never pixel data. Series are named by a short hash of their UID; patient
+    identity is never shown.
+    """
+    import json
+
+    from medpipe.dicom.scan import scan
+
+    result = scan(folder, _options(resample_gaps, correct_tilt, min_slices))
+    rows = [s.summary() for s in result.stacks]
+    if as_json:
+        problems = [
+            {"path": os.path.relpath(p.path, folder), "code": p.code, "message": p.message}
+            for p in result.problems
+        ]
+        payload = {
+            "files": result.n_files,
+            "skipped": dict(result.skipped),
+            "series": rows,
+            "unreadable": problems,
+        }
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        header = (
+            f"{'ID':<13} {'MOD':<4} {'SLICES':>6}  {'DIMS':<13} {'SPACING mm':<22} {'ORIENTATION':<24} STATUS"
+        )
+        click.echo(header)
+        for r in rows:
+            dims = "x".join(str(d) for d in r["dims"])
+            spacing = (
+                "x".join("?" if v is None else f"{v:.3g}" for v in r["spacing"]) if r["spacing"] else "?"
+            )
+            click.echo(
+                f"{r['id']:<13} {r['modality']:<4} {r['slices']:>6}  {dims:<13} {spacing:<22} "
+                f"{r['orientation']:<24} {r['status']}"
+            )
+        for r in rows:
+            for line in ([f"{r['status']}: {r['message']}"] if r["message"] else []) + r["notes"]:
+                click.echo(f"  {r['id']}: {line}")
+        skipped = ", ".join(f"{n} {why}" for why, n in result.skipped.items())
+        summary = f"{result.n_files} files, {len(rows)} series"
+        if result.problems:
+            codes = ", ".join(f"{n} {c}" for c, n in Counter(p.code for p in result.problems).items())
+            summary += f", {len(result.problems)} unreadable ({codes}; --json lists them)"
+        click.echo(summary + (f", skipped: {skipped}" if skipped else ""))
+    if not rows:
+        raise MedpipeError(result.nothing_usable_message(), code="DICOM_NO_SERIES")
+
+
+@cli.command()
+@click.argument("source", type=click.Path(exists=True, path_type=str))
+@click.option(
+    "--output", "-o", required=True, type=click.Path(file_okay=False, path_type=str), help="Output folder."
+)
+@click.option("--series", multiple=True, metavar="ID", help="Convert only these series ids (repeatable).")
+@assembly_options
+def convert(
+    source: str,
+    output: str,
+    series: tuple[str, ...],
+    resample_gaps: bool,
+    correct_tilt: bool,
+    min_slices: int,
+) -> None:
+    """Convert a DICOM folder to one NIfTI per series (+ JSON sidecar), or validate and copy a NIfTI.
+
+    Writes <id>.nii.gz, <id>.json and conversion.json (every series with its status). Exit status 0 when
+    everything converted, 4 when some series were refused (see conversion.json), 3 when nothing was.
+    """
+    from medpipe.convert import convert as run_convert
+
+    records = run_convert(
+        source,
+        output,
+        series=series,
+        options=_options(resample_gaps, correct_tilt, min_slices),
+        echo=click.echo,
+    )
+    ok = sum(r.status == "ok" for r in records)
+    click.echo(f"{ok} of {len(records)} converted into {output} (report: conversion.json)")
+    if ok == 0:
+        failed = records[0] if records else None
+        raise MedpipeError(
+            f"nothing converted{f' ({failed.source}: {failed.status})' if failed else ''}",
+            code=failed.status if failed else "DICOM_NO_SERIES",
+        )
+    if ok < len(records):
+        sys.exit(EXIT_PARTIAL)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 #: Exit status of the CLI when a :class:`MedpipeError` stopped the command (bad input or config).
 EXIT_INPUT_ERROR = 3
+#: Exit status of a batch command that finished but recorded coded failures for some items.
+EXIT_PARTIAL = 4
 
 
 class MedpipeError(Exception):

@@ -18,6 +18,8 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
+from medpipe.atomic import atomic_path, atomic_write_text
+
 
 def loss_of(output: Any) -> float:
     """The loss of a MONAI trainer iteration (its output is a dict, or a list of per-sample dicts)."""
@@ -33,12 +35,6 @@ class LossProgressBar:
 
     def attach(self, engine: Engine) -> None:
         self.bar.attach(engine, output_transform=lambda output: {"loss": loss_of(output)})
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class TrainingReport:
@@ -119,7 +115,7 @@ class TrainingReport:
             "total_seconds": round(time.perf_counter() - self._run_start, 1),
             "history": self.history,
         }
-        _atomic_write(self.output_dir / self.json_name, json.dumps(record, indent=1).encode())
+        atomic_write_text(self.output_dir / self.json_name, json.dumps(record, indent=1))
         self._plot()
 
     def _print(self, line: str) -> None:
@@ -145,17 +141,17 @@ class TrainingReport:
         vals = [(r["epoch"], r[self.key_metric]) for r in self.history if self.key_metric in r]
         if vals:
             ax2 = ax.twinx()
-            ax2.plot([e for e, _ in vals], [v for _, v in vals], "o-", color="tab:orange", label=self.key_metric)
+            ax2.plot(
+                [e for e, _ in vals], [v for _, v in vals], "o-", color="tab:orange", label=self.key_metric
+            )
             ax2.set_ylabel(self.key_metric)
             ax2.set_ylim(0, 1)
             ax2.legend(loc="lower right")
         ax.legend(loc="upper right")
         ax.set_title("training curve")
         fig.tight_layout()
-        path = self.output_dir / self.png_name
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-        fig.savefig(tmp)
+        with atomic_path(self.output_dir / self.png_name) as tmp:
+            fig.savefig(tmp)
         plt.close(fig)
-        os.replace(tmp, path)
         if math.isnan(self.history[-1]["loss"]):
             self._print("warning: training loss is NaN; lower the learning rate (--set learning_rate=...)")

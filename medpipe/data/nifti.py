@@ -1,4 +1,4 @@
-"""Write image and label volumes as NIfTI-1 with an explicit RAS affine.
+"""Read-check and write image and label volumes as NIfTI-1 with an explicit RAS affine.
 
 medpipe arrays are indexed ``[i, j, k]`` (column, row, slice); NIfTI voxel axes are the same array axes,
 so the array is written as is and the affine maps ``(i, j, k)`` to RAS millimetres (for an LPS affine
@@ -14,15 +14,27 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["write_nifti"]
+from medpipe.atomic import atomic_path
+from medpipe.errors import MedpipeError
+
+__all__ = ["NiftiError", "validate_nifti", "write_nifti"]
 
 
-def write_nifti(path: str | Path, array: np.ndarray, affine_ras: np.ndarray, *, dtype: npt.DTypeLike) -> Path:
-    """Write ``array`` (3-D, ``[i, j, k]``) to ``path`` (``.nii`` or ``.nii.gz``) as ``dtype``.
+class NiftiError(MedpipeError, ValueError):
+    """A NIfTI file that cannot be used as a volume."""
+
+    code = "NIFTI_INVALID"
+
+
+def write_nifti(
+    path: str | Path, array: np.ndarray, affine_ras: np.ndarray, *, dtype: npt.DTypeLike | None = None
+) -> Path:
+    """Write ``array`` (3-D, ``[i, j, k]``) to ``path`` (``.nii`` or ``.nii.gz``) as ``dtype``, atomically.
 
     Example: ``write_nifti("ct.nii.gz", case.image, case.affine_ras(), dtype=np.int16)``. Values are cast
-    with :meth:`numpy.ndarray.astype`, so pass a dtype that holds them (int16 for HU, uint8 for labels).
-    Raises :class:`ValueError` for a non-3-D array or an affine that is not a finite 4x4 matrix.
+    with :meth:`numpy.ndarray.astype`, so pass a dtype that holds them (int16 for HU, uint8 for labels);
+    ``None`` keeps the array's dtype. Raises :class:`ValueError` for a non-3-D array or an affine that is
+    not a finite 4x4 matrix.
     """
     array = np.asarray(array)
     affine = np.asarray(affine_ras, dtype=np.float64)
@@ -36,6 +48,41 @@ def write_nifti(path: str | Path, array: np.ndarray, affine_ras: np.ndarray, *, 
     header.set_sform(affine, code=1)
     header.set_xyzt_units(xyz="mm")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, path)
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
     return path
+
+
+def validate_nifti(path: str | Path) -> nib.Nifti1Image:
+    """Load a NIfTI and check it can be used as a 3-D volume; coded :class:`NiftiError` otherwise.
+
+    Refused: unreadable or truncated files (NIFTI_UNREADABLE), more than three non-singleton dimensions
+    (NIFTI_NOT_3D), qform_code = sform_code = 0, i.e. no orientation in the patient (NIFTI_NO_ORIENTATION),
+    a singular or non-finite affine (NIFTI_BAD_AFFINE), NaN or infinite voxels (NIFTI_NONFINITE).
+    Returns the image with trailing singleton dimensions dropped.
+    """
+    name = Path(path).name
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as e:  # nibabel raises many types on a corrupt or truncated file
+        raise NiftiError(
+            f"{name} cannot be read as NIfTI ({type(e).__name__}: {e})", code="NIFTI_UNREADABLE"
+        ) from e
+    shape = data.shape
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise NiftiError(f"{name} has shape {data.shape}; a 3-D volume is expected", code="NIFTI_NOT_3D")
+    header = image.header
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        raise NiftiError(
+            f"{name} has qform_code = sform_code = 0: its orientation in the patient is unknown",
+            code="NIFTI_NO_ORIENTATION",
+        )
+    affine = image.affine
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise NiftiError(f"{name} has a singular or non-finite affine", code="NIFTI_BAD_AFFINE")
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise NiftiError(f"{name} holds NaN or infinite voxels", code="NIFTI_NONFINITE")
+    return nib.Nifti1Image(data.reshape(shape), affine, header)

@@ -71,8 +71,10 @@ def _stored_pixels(image_hu: np.ndarray) -> np.ndarray:
             raise _invalid("image_hu holds non-integer or non-finite values; round to integer HU first")
     lo, hi = image.min(), image.max()
     if lo < HU_RANGE[0] or hi > HU_RANGE[1]:
-        raise _invalid(f"image_hu values span [{lo}, {hi}] HU; only {list(HU_RANGE)} can be stored "
-                       "(unsigned 16-bit with RescaleIntercept -1024); clip the volume first")
+        raise _invalid(
+            f"image_hu values span [{lo}, {hi}] HU; only {list(HU_RANGE)} can be stored "
+            "(unsigned 16-bit with RescaleIntercept -1024); clip the volume first"
+        )
     return (image.astype(np.int32) - _INTERCEPT).astype(np.uint16)
 
 

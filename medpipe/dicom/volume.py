@@ -1,0 +1,251 @@
+"""Volume assembly: pixels of a validated stack -> one array with one affine.
+
+Pixels are decoded by pydicom's pixel handlers (every transfer syntax it has a decoder for: JPEG
+baseline/lossless, JPEG-LS, JPEG 2000 through pylibjpeg, RLE natively). Uncompressed little-endian
+slices -- most CT and MR -- skip a second header parse: the scan recorded where Pixel Data starts, so
+the slice is one ``numpy.fromfile``. Rescale slope/intercept are applied per slice; the result stays
+integer when every slope and intercept is integral and the rescaled range fits, and is float32
+otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions, StackGeometry
+from medpipe.dicom.headers import SliceHeader
+from medpipe.dicom.scan import ScanResult, Stack, scan, validate_stack
+from medpipe.errors import DicomError
+
+#: LPS <-> RAS (flip the first two axes); its own inverse.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """A 3D image indexed [x, y, z] = [column, row, slice] with its LPS affine."""
+
+    array: np.ndarray
+    affine_lps: np.ndarray
+    stack_id: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        return LPS_TO_RAS @ self.affine_lps
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.linalg.norm(self.affine_lps[:3, :3], axis=0))  # type: ignore[return-value]
+
+    def monai_meta(self, *, ras: bool = True) -> dict[str, Any]:
+        """Metadata the way MONAI's readers give it: affine, original_affine, spatial_shape, space."""
+        affine = self.affine_ras if ras else self.affine_lps
+        meta = dict(self.meta)
+        meta.update(
+            affine=affine,
+            original_affine=affine.copy(),
+            spatial_shape=np.asarray(self.array.shape),
+            space="RAS" if ras else "LPS",
+            original_channel_dim=float("nan"),
+        )
+        return meta
+
+    def to_metatensor(self):  # -> monai.data.MetaTensor (imported lazily: torch is heavy)
+        """The volume as a MONAI MetaTensor (no channel dim) with a RAS affine, like MONAI's readers."""
+        import torch
+        from monai.data import MetaTensor
+
+        meta = self.monai_meta()
+        return MetaTensor(np.ascontiguousarray(self.array), affine=torch.as_tensor(meta["affine"]), meta=meta)
+
+
+def _native_dtype(s: SliceHeader) -> np.dtype | None:
+    """numpy dtype of an uncompressed little-endian slice, or None to let pydicom decode it."""
+    if (
+        s.transfer_syntax == "1.2.840.10008.1.2.2"
+        or s.bits_allocated not in (8, 16, 32)
+        or s.frame is not None
+    ):
+        return None
+    if s.pixel_representation == 1 and s.bits_stored != s.bits_allocated:
+        return None  # pydicom sign-extends from BitsStored; do not second-guess it
+    return np.dtype(f"<{'i' if s.pixel_representation else 'u'}{s.bits_allocated // 8}")
+
+
+def _read_native(s: SliceHeader, dtype: np.dtype) -> np.ndarray | None:
+    header = 8 if s.transfer_syntax == "1.2.840.10008.1.2" else 12
+    count = s.rows * s.columns
+    with open(s.path, "rb") as fp:
+        fp.seek(s.pixel_offset + header - 4)  # type: ignore[operator]
+        length = int(np.frombuffer(fp.read(4), "<u4")[0])
+        if length < count * dtype.itemsize:
+            return None
+        data = np.fromfile(fp, dtype=dtype, count=count)
+    return data.reshape(s.rows, s.columns) if data.size == count else None
+
+
+def _decode_file(path: str) -> np.ndarray:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array
+    return arr[None] if int(ds.get("NumberOfFrames", 1) or 1) == 1 else arr
+
+
+def read_stored_pixels(slices: Sequence[SliceHeader], *, threads: int = 2) -> np.ndarray:
+    """Stored (not rescaled) pixel values of ``slices``, shape (n, rows, columns), in the given order."""
+    first = slices[0]
+    out: np.ndarray | None = None
+    fallback: list[int] = []
+    dtype = _native_dtype(first) if first.is_native else None
+    if dtype is not None:
+        out = np.empty((len(slices), first.rows, first.columns), dtype)
+        for k, s in enumerate(slices):
+            arr = _read_native(s, dtype) if s.pixel_offset is not None and _native_dtype(s) == dtype else None
+            if arr is None:
+                fallback.append(k)
+            else:
+                out[k] = arr
+    else:
+        fallback = list(range(len(slices)))
+    if fallback:
+        paths = sorted({slices[k].path for k in fallback})
+
+        def decode(path: str) -> tuple[str, np.ndarray | Exception]:
+            try:
+                return path, _decode_file(path)
+            except Exception as e:  # truncated or undecodable: reported with a code below
+                return path, e
+
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
+            decoded = dict(pool.map(decode, paths))
+        for k in fallback:
+            s = slices[k]
+            arr = decoded[s.path]
+            if isinstance(arr, Exception):
+                raise DicomError(
+                    f"image {k + 1} of {len(slices)} (instance {s.instance_number}) cannot be decoded "
+                    f"({type(arr).__name__}: {arr})",
+                    code="DICOM_CORRUPT_FILE",
+                ) from arr
+            frame = arr[s.frame or 0]
+            if frame.shape != (s.rows, s.columns):
+                raise DicomError(
+                    f"image {k + 1} decodes to {frame.shape}, its header says {(s.rows, s.columns)}",
+                    code="DICOM_CORRUPT_FILE",
+                )
+            if out is None:
+                out = np.empty((len(slices), s.rows, s.columns), frame.dtype)
+            elif not np.can_cast(frame.dtype, out.dtype, "safe"):
+                out = out.astype(np.result_type(out.dtype, frame.dtype))
+            out[k] = frame
+    return out  # type: ignore[return-value]  # every slice was read by one of the two paths
+
+
+def _stored_range(s: SliceHeader) -> tuple[int, int]:
+    bits = min(s.bits_stored, s.bits_allocated)
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if s.pixel_representation else (0, 2**bits - 1)
+
+
+def rescale(stored: np.ndarray, slices: Sequence[SliceHeader]) -> np.ndarray:
+    """Apply each slice's RescaleSlope/Intercept; integer output when exact, else float32."""
+    slopes = np.array([s.slope for s in slices])
+    intercepts = np.array([s.intercept for s in slices])
+    if (slopes == 1).all() and (intercepts == 0).all():
+        return stored
+    integral = (slopes == np.round(slopes)).all() and (intercepts == np.round(intercepts)).all()
+    if integral and stored.dtype.kind in "iu":
+        lo, hi = _stored_range(slices[0])
+        lo, hi = min(lo, int(stored.min())), max(hi, int(stored.max()))
+        ends = np.concatenate([lo * slopes + intercepts, hi * slopes + intercepts])
+        for dtype in (np.int16, np.int32):
+            info = np.iinfo(dtype)
+            if ends.min() >= info.min and ends.max() <= info.max:
+                out = stored.astype(dtype)
+                if not (slopes == 1).all():
+                    out *= slopes.astype(dtype)[:, None, None]
+                out += intercepts.astype(dtype)[:, None, None]
+                return out
+    out = stored.astype(np.float32)
+    out *= slopes.astype(np.float32)[:, None, None]
+    out += intercepts.astype(np.float32)[:, None, None]
+    return out
+
+
+def _meta(stack: Stack, geometry: StackGeometry, array: np.ndarray) -> dict[str, Any]:
+    first = stack.slices[0]
+    return {
+        "series_id": stack.id,
+        "modality": first.modality,
+        "filename_or_obj": f"dicom-series-{stack.id}",
+        "n_slices": len(stack.slices),
+        "slice_spacing_mm": geometry.slice_spacing,
+        "gantry_tilt_deg": geometry.tilt_degrees,
+        "resampled": geometry.needs_resampling,
+        "notes": list(stack.notes),
+        "dtype": str(array.dtype),
+    }
+
+
+def load_stack(stack: Stack, options: AssemblyOptions = DEFAULT_OPTIONS) -> Volume:
+    """Decode and assemble one stack; raises its coded error if it is not loadable under ``options``."""
+    if stack.validated_with != options:
+        validate_stack(stack, options)
+    if stack.error is not None:
+        raise stack.error
+    geometry = stack.geometry
+    if geometry is None:  # validate_stack sets one of error / geometry
+        raise DicomError("stack was not validated", code="DICOM_INVALID")
+    ordered = [stack.slices[i] for i in geometry.order]
+    values = rescale(read_stored_pixels(ordered), ordered)
+    if geometry.needs_resampling:
+        from medpipe.dicom.resample import resample_to_regular_grid
+
+        resampled, affine = resample_to_regular_grid(
+            values.astype(np.float32, copy=False),
+            geometry.positions,
+            geometry.row_cosine,
+            geometry.column_cosine,
+            geometry.pixel_spacing,
+            correct_tilt=geometry.tilt_degrees > 0,
+            equidistant=geometry.irregular_spacing,
+            fill_value=float(values.min()),
+        )
+        if values.dtype.kind in "iu":  # keep integer HU/intensities, as dcm2niix does
+            info = np.iinfo(values.dtype)
+            resampled = np.clip(np.rint(resampled), info.min, info.max).astype(values.dtype)
+        array = resampled
+    else:
+        array = values.transpose(2, 1, 0)  # (slice, row, column) -> [x, y, z]
+        affine = geometry.affine_lps()
+    return Volume(array, affine, stack.id, _meta(stack, geometry, array))
+
+
+def split_series_ref(path: str) -> tuple[str, str | None]:
+    """``'folder#3f2a9c1b07'`` -> (folder, id); a plain path -> (path, None)."""
+    head, sep, tail = str(path).rpartition("#")
+    if sep and tail and os.path.sep not in tail and os.path.exists(head):
+        return head, tail
+    return str(path), None
+
+
+def load_dicom(
+    path: str | os.PathLike[str],
+    series: str | None = None,
+    options: AssemblyOptions = DEFAULT_OPTIONS,
+    *,
+    scanned: ScanResult | None = None,
+) -> Volume:
+    """Load one series from a folder (or a multi-frame file); ``series`` picks it by id when several."""
+    root, ref = split_series_ref(os.fspath(path))
+    series = series or ref
+    result = scanned or scan(root, options)
+    stack = result.get(series) if series else result.single()
+    return load_stack(stack, options)
