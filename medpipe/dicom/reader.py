@@ -78,6 +78,9 @@ class DicomSeriesReader(ImageReader):
         return all(_looks_like_dicom(os.fspath(f)) for f in ensure_tuple(filename))
 
     def read(self, data: Sequence[os.PathLike[str] | str] | os.PathLike[str] | str, **kwargs: Any) -> Any:
+        if not self.verify_suffix(data):
+            # Not DICOM (a NIfTI in the same list, say): a plain error lets LoadImage try its next reader.
+            raise ValueError(f"{self.__class__.__name__} reads DICOM folders and files, not {data}")
         try:
             volumes = [load_dicom(os.fspath(f), self.series, self.options) for f in ensure_tuple(data)]
         except MedpipeError as e:

@@ -149,11 +149,6 @@ def read_stored_pixels(slices: Sequence[SliceHeader], *, threads: int = 2) -> np
     return out  # type: ignore[return-value]  # every slice was read by one of the two paths
 
 
-def _stored_range(s: SliceHeader) -> tuple[int, int]:
-    bits = min(s.bits_stored, s.bits_allocated)
-    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if s.pixel_representation else (0, 2**bits - 1)
-
-
 def rescale(stored: np.ndarray, slices: Sequence[SliceHeader]) -> np.ndarray:
     """Apply each slice's RescaleSlope/Intercept; integer output when exact, else float32."""
     slopes = np.array([s.slope for s in slices])
@@ -162,8 +157,9 @@ def rescale(stored: np.ndarray, slices: Sequence[SliceHeader]) -> np.ndarray:
         return stored
     integral = (slopes == np.round(slopes)).all() and (intercepts == np.round(intercepts)).all()
     if integral and stored.dtype.kind in "iu":
-        lo, hi = _stored_range(slices[0])
-        lo, hi = min(lo, int(stored.min())), max(hi, int(stored.max()))
+        # The values present decide, not BitsStored: CT stored as uint16/16 bits with intercept -1024 is
+        # int16 HU in practice (as SimpleITK and dcm2niix give it), though the declared range is wider.
+        lo, hi = int(stored.min()), int(stored.max())
         ends = np.concatenate([lo * slopes + intercepts, hi * slopes + intercepts])
         for dtype in (np.int16, np.int32):
             info = np.iinfo(dtype)
