@@ -37,7 +37,7 @@ HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "ImageType", "InstanceNumber",
     "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel",
     "NumberOfFrames", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-    "SpacingBetweenSlices", "RescaleSlope", "RescaleIntercept",
+    "SpacingBetweenSlices", "RescaleSlope", "RescaleIntercept", "PixelPaddingValue",
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
 ]  # fmt: skip
 NATIVE_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
@@ -72,6 +72,7 @@ class SliceHeader:
     samples_per_pixel: int
     number_of_frames: int
     pixel_offset: int | None  # file offset of the Pixel Data element (None: no pixel data)
+    padding_value: float | None  # PixelPaddingValue (stored units): the scanner's "outside the FOV" value
     problem: str | None = (
         None  # a code found without pixels: DICOM_NO_PIXEL_DATA, DICOM_CORRUPT_FILE (truncated)...
     )
@@ -250,6 +251,7 @@ def _slices_of(ds: Dataset, path: str, offset: int | None, size: int, sop_class:
         samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
         number_of_frames=n_frames,
         pixel_offset=offset,
+        padding_value=_float(ds.get("PixelPaddingValue"), None),
         problem=_pixel_problem(ds, offset, size, transfer_syntax),
     )
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")

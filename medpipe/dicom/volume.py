@@ -204,6 +204,10 @@ def load_stack(stack: Stack, options: AssemblyOptions = DEFAULT_OPTIONS) -> Volu
     if geometry.needs_resampling:
         from medpipe.dicom.resample import resample_to_regular_grid
 
+        # As dcm2niix: voxels no slice reaches get PixelPaddingValue (rescaled), else the darkest value,
+        # and padding pixels are not blended into their neighbours.
+        first = ordered[0]
+        padding = None if first.padding_value is None else first.padding_value * first.slope + first.intercept
         resampled, affine = resample_to_regular_grid(
             values.astype(np.float32, copy=False),
             geometry.positions,
@@ -212,7 +216,8 @@ def load_stack(stack: Stack, options: AssemblyOptions = DEFAULT_OPTIONS) -> Volu
             geometry.pixel_spacing,
             correct_tilt=geometry.tilt_degrees > 0,
             equidistant=geometry.irregular_spacing,
-            fill_value=float(values.min()),
+            fill_value=float(values.min()) if padding is None else padding,
+            padding_value=padding,
         )
         if values.dtype.kind in "iu":  # keep integer HU/intensities, as dcm2niix does
             info = np.iinfo(values.dtype)
