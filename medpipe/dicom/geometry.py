@@ -87,8 +87,11 @@ def orientation_label(orientation: np.ndarray | tuple[float, ...]) -> str:
 
 def _unit_cosines(orientation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     row, col = orientation[:3], orientation[3:]
-    row_n, col_n = np.linalg.norm(row), np.linalg.norm(col)
-    if min(row_n, col_n) < 0.5 or abs(np.dot(row, col)) / (row_n * col_n) > 1e-2:
+    with np.errstate(over="ignore", invalid="ignore"):
+        row_n, col_n = np.linalg.norm(row), np.linalg.norm(col)
+        # Unit length within 1 % (DICOM writes rounded cosines), orthogonal within ~0.6 degrees.
+        valid = abs(row_n - 1) < 0.01 and abs(col_n - 1) < 0.01 and abs(np.dot(row, col)) < 1e-2
+    if not valid:
         raise DicomError(
             f"ImageOrientationPatient {np.round(orientation, 4).tolist()} is not two orthogonal unit vectors",
             code="DICOM_INVALID_ORIENTATION",

@@ -185,7 +185,9 @@ def _orientation_clusters(slices: Iterable[SliceHeader], tol: float = 1e-3) -> d
     return groups
 
 
-def group_stacks(slices: Sequence[SliceHeader]) -> list[tuple[str, list[SliceHeader], list[str]]]:
+def group_stacks(
+    slices: Sequence[SliceHeader], root: str = ""
+) -> list[tuple[str, list[SliceHeader], list[str]]]:
     """Split slices into stacks: (series_uid, slices, notes), in a stable order."""
     by_series: dict[str, list[SliceHeader]] = defaultdict(list)
     seen: set[tuple[Any, ...]] = set()
@@ -200,9 +202,20 @@ def group_stacks(slices: Sequence[SliceHeader]) -> list[tuple[str, list[SliceHea
         seen.add(key)
         by_series[s.series_uid].append(s)
 
+    # A series without SeriesInstanceUID (broken de-identification) is grouped by folder, never merged
+    # with another folder's; the note says so.
+    no_uid = by_series.pop("", [])
+    for s in no_uid:
+        folder = os.path.relpath(os.path.dirname(s.path), root) if root else os.path.dirname(s.path)
+        by_series[f"(no SeriesInstanceUID) {folder}"].append(s)
+
     out = []
     for uid, members in by_series.items():
-        notes = []
+        notes = (
+            ["SeriesInstanceUID is empty: the images of one folder are taken as one series"]
+            if uid.startswith("(no SeriesInstanceUID)")
+            else []
+        )
         if duplicates[uid]:
             notes.append(f"{duplicates[uid]} duplicate file(s) of the same instance ignored")
         localizers = [s for s in members if s.is_localizer]
@@ -288,7 +301,7 @@ def scan(root: str, options: AssemblyOptions = DEFAULT_OPTIONS, *, workers: int 
     skipped = Counter(r.skipped for r in results if r.skipped)
     slices = [s for r in results for s in r.slices]
     stacks: list[Stack] = []
-    grouped = group_stacks(slices)
+    grouped = group_stacks(slices, root if os.path.isdir(root) else os.path.dirname(root))
     per_uid: Counter[str] = Counter(uid for uid, _, _ in grouped)
     index: Counter[str] = Counter()
     for uid, members, notes in grouped:

@@ -63,7 +63,8 @@ class Volume:
         from monai.data import MetaTensor
 
         meta = self.monai_meta()
-        return MetaTensor(np.ascontiguousarray(self.array), affine=torch.as_tensor(meta["affine"]), meta=meta)
+        affine = torch.as_tensor(meta.pop("affine"))
+        return MetaTensor(np.ascontiguousarray(self.array), affine=affine, meta=meta)
 
 
 def _native_dtype(s: SliceHeader) -> np.dtype | None:
@@ -175,14 +176,14 @@ def rescale(stored: np.ndarray, slices: Sequence[SliceHeader]) -> np.ndarray:
     return out
 
 
-def _meta(stack: Stack, geometry: StackGeometry, array: np.ndarray) -> dict[str, Any]:
+def _meta(stack: Stack, geometry: StackGeometry, array: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
     first = stack.slices[0]
     return {
         "series_id": stack.id,
         "modality": first.modality,
         "filename_or_obj": f"dicom-series-{stack.id}",
         "n_slices": len(stack.slices),
-        "slice_spacing_mm": geometry.slice_spacing,
+        "slice_spacing_mm": float(np.linalg.norm(affine[:3, 2])),  # of the volume returned (resampled or not)
         "gantry_tilt_deg": geometry.tilt_degrees,
         "resampled": geometry.needs_resampling,
         "notes": list(stack.notes),
@@ -226,7 +227,7 @@ def load_stack(stack: Stack, options: AssemblyOptions = DEFAULT_OPTIONS) -> Volu
     else:
         array = values.transpose(2, 1, 0)  # (slice, row, column) -> [x, y, z]
         affine = geometry.affine_lps()
-    return Volume(array, affine, stack.id, _meta(stack, geometry, array))
+    return Volume(array, affine, stack.id, _meta(stack, geometry, array, affine))
 
 
 def split_series_ref(path: str) -> tuple[str, str | None]:
