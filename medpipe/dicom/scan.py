@@ -34,8 +34,9 @@ from medpipe.dicom.geometry import (
 from medpipe.dicom.headers import FileProblem, FileResult, SliceHeader, read_file, transfer_syntax_problem
 from medpipe.errors import DicomError
 
-#: Below this many files, reading headers in one process beats starting workers.
-PARALLEL_THRESHOLD = 256
+#: Below this many files, reading headers in one process beats starting workers (measured: two workers
+#: win from about 64 files; the pool costs 15-20 ms to start).
+PARALLEL_THRESHOLD = 64
 
 
 def series_hash(series_uid: str, length: int = 10) -> str:
@@ -156,7 +157,8 @@ def _read_chunk(paths: Sequence[str]) -> list[FileResult]:
 def read_headers(paths: Sequence[str], workers: int | None = None) -> list[FileResult]:
     """Read every file's header, in worker processes when there are many (header parsing is CPU-bound)."""
     workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(paths) < PARALLEL_THRESHOLD:
+    # A daemon process (a torch DataLoader worker, say) may not start children: read in-process there.
+    if workers <= 1 or len(paths) < PARALLEL_THRESHOLD or multiprocessing.current_process().daemon:
         return _read_chunk(paths)
     n_chunks = workers * 4
     chunks = [paths[i::n_chunks] for i in range(n_chunks)]

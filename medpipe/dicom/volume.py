@@ -80,16 +80,15 @@ def _native_dtype(s: SliceHeader) -> np.dtype | None:
     return np.dtype(f"<{'i' if s.pixel_representation else 'u'}{s.bits_allocated // 8}")
 
 
-def _read_native(s: SliceHeader, dtype: np.dtype) -> np.ndarray | None:
+def _read_native_into(s: SliceHeader, dest: np.ndarray) -> bool:
+    """Read an uncompressed slice straight into ``dest`` (C-contiguous, its dtype); False if it does not fit."""
     header = 8 if s.transfer_syntax == "1.2.840.10008.1.2" else 12
-    count = s.rows * s.columns
     with open(s.path, "rb") as fp:
         fp.seek(s.pixel_offset + header - 4)  # type: ignore[operator]
         length = int(np.frombuffer(fp.read(4), "<u4")[0])
-        if length < count * dtype.itemsize:
-            return None
-        data = np.fromfile(fp, dtype=dtype, count=count)
-    return data.reshape(s.rows, s.columns) if data.size == count else None
+        if length < dest.nbytes:
+            return False
+        return fp.readinto(memoryview(dest).cast("B")) == dest.nbytes
 
 
 def _decode_file(path: str) -> np.ndarray:
@@ -109,11 +108,9 @@ def read_stored_pixels(slices: Sequence[SliceHeader], *, threads: int = 2) -> np
     if dtype is not None:
         out = np.empty((len(slices), first.rows, first.columns), dtype)
         for k, s in enumerate(slices):
-            arr = _read_native(s, dtype) if s.pixel_offset is not None and _native_dtype(s) == dtype else None
-            if arr is None:
+            native = s.pixel_offset is not None and _native_dtype(s) == dtype
+            if not (native and (s.rows, s.columns) == out.shape[1:] and _read_native_into(s, out[k])):
                 fallback.append(k)
-            else:
-                out[k] = arr
     else:
         fallback = list(range(len(slices)))
     if fallback:
@@ -151,7 +148,10 @@ def read_stored_pixels(slices: Sequence[SliceHeader], *, threads: int = 2) -> np
 
 
 def rescale(stored: np.ndarray, slices: Sequence[SliceHeader]) -> np.ndarray:
-    """Apply each slice's RescaleSlope/Intercept; integer output when exact, else float32."""
+    """Apply each slice's RescaleSlope/Intercept; integer output when exact, else float32.
+
+    ``stored`` may be reused as the output buffer (uint16 CT values below 32768 become int16 in place).
+    """
     slopes = np.array([s.slope for s in slices])
     intercepts = np.array([s.intercept for s in slices])
     if (slopes == 1).all() and (intercepts == 0).all():
@@ -161,11 +161,14 @@ def rescale(stored: np.ndarray, slices: Sequence[SliceHeader]) -> np.ndarray:
         # The values present decide, not BitsStored: CT stored as uint16/16 bits with intercept -1024 is
         # int16 HU in practice (as SimpleITK and dcm2niix give it), though the declared range is wider.
         lo, hi = int(stored.min()), int(stored.max())
-        ends = np.concatenate([lo * slopes + intercepts, hi * slopes + intercepts])
+        # Both the scaled values and the final ones must fit (the product is formed before the sum).
+        ends = np.concatenate([lo * slopes, hi * slopes, lo * slopes + intercepts, hi * slopes + intercepts])
         for dtype in (np.int16, np.int32):
             info = np.iinfo(dtype)
             if ends.min() >= info.min and ends.max() <= info.max:
-                out = stored.astype(dtype)
+                same_width = stored.dtype.itemsize == np.dtype(dtype).itemsize
+                fits = lo >= info.min and hi <= info.max
+                out = stored.view(dtype) if same_width and fits else stored.astype(dtype)
                 if not (slopes == 1).all():
                     out *= slopes.astype(dtype)[:, None, None]
                 out += intercepts.astype(dtype)[:, None, None]
