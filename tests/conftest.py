@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests are derandomized by default so CI is reproducible; explore with fresh random examples
+# locally: HYPOTHESIS_PROFILE=explore pytest tests/unit/test_dicom_geometry_properties.py (repeat it)
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "lung_nodule_ct"
