@@ -28,9 +28,6 @@ import argparse
 import gc
 import hashlib
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -38,10 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # benchmark the checkout beside this script, from any working directory
+from _common import REPO, cpu_snapshot, loadavg, machine_info, other_cpu
 
 DEFAULT_SERIES = REPO.parent / "shared" / "data" / "lung_ct_dicom_cptac_lscc" / "series"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
@@ -153,94 +147,6 @@ def verify(results: dict[str, object], folder: Path) -> dict[str, object]:
 
 
 # --------------------------------------------------------------------------------------------- machine
-def machine_info() -> dict[str, object]:
-    import monai
-    import pydicom
-    import SimpleITK as sitk
-    import torch
-
-    def version(mod: str) -> str:
-        try:
-            from importlib.metadata import version as v
-
-            return v(mod)
-        except Exception:
-            return "?"
-
-    model = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    commit = "?"
-    try:  # read-only
-        commit = (
-            subprocess.run(
-                ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-            or "?"
-        )
-    except Exception:
-        pass
-    src = hashlib.sha256()
-    for p in sorted((REPO / "medpipe" / "dicom").glob("*.py")):
-        src.update(p.name.encode() + p.read_bytes())
-    return {
-        "platform": platform.platform(),
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gb": mem_gb,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pydicom": pydicom.__version__,
-        "SimpleITK": sitk.Version_VersionString(),
-        "SimpleITK_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
-        "itk": version("itk"),
-        "monai": monai.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "medpipe_commit": commit,
-        "medpipe_dicom_sources_sha256": src.hexdigest()[:12],
-    }
-
-
-def cpu_snapshot() -> tuple[float, float]:
-    """(CPU seconds the whole machine was busy, CPU seconds used by this process and its reaped children)."""
-    try:
-        with open("/proc/stat") as fp:
-            v = [int(x) for x in fp.readline().split()[1:]]
-        busy = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-    except (OSError, ValueError, IndexError):
-        busy = float("nan")
-    t = os.times()
-    return busy, t.user + t.system + t.children_user + t.children_system
-
-
-def other_cpu(before: tuple[float, float], after: tuple[float, float]) -> float:
-    """CPU seconds used by *other* processes (or stolen) between two snapshots: the noise during a call."""
-    return max(0.0, (after[0] - before[0]) - (after[1] - before[1]))
-
-
-def loadavg() -> list[float]:
-    try:
-        return [float(v) for v in open("/proc/loadavg").read().split()[:3]]
-    except OSError:
-        return []
-
-
-# --------------------------------------------------------------------------------------------- timing
 def stats(times: list[float]) -> dict[str, float]:
     q1, q2, q3 = np.percentile(times, [25, 50, 75])
     return {
@@ -287,7 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     size_mb = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 1e6
 
     methods = make_methods(str(folder))
-    machine = machine_info()
+    import SimpleITK as sitk
+    import torch
+
+    machine = machine_info(("numpy", "pydicom", "SimpleITK", "itk", "monai", "torch"))
+    machine.update(
+        SimpleITK_threads=sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+        torch_threads=torch.get_num_threads(),
+    )
     load_start = loadavg()
     print("== DICOM series load benchmark ==")
     print(f"series : {folder} ({n_files} files, {size_mb:.1f} MB)")

@@ -31,7 +31,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -41,10 +40,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # benchmark the checkout beside this script, from any working directory
+from _common import cpu_snapshot, loadavg, machine_info, other_cpu
 
 MARKER = ".medpipe-bench-scan.json"  # hidden: iter_files skips it
 BUILD_VERSION = 1
@@ -222,70 +218,6 @@ def run_probe(mode: str, root: Path) -> dict[str, object]:
 
 
 # --------------------------------------------------------------------------------------------- main
-def machine_info() -> dict[str, object]:
-    import pydicom
-
-    model = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = "?"
-    try:  # read-only
-        commit = (
-            subprocess.run(
-                ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-            or "?"
-        )
-    except Exception:
-        pass
-    src = hashlib.sha256()
-    for p in sorted((REPO / "medpipe" / "dicom").glob("*.py")):
-        src.update(p.name.encode() + p.read_bytes())
-    return {
-        "platform": platform.platform(),
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pydicom": pydicom.__version__,
-        "medpipe_commit": commit,
-        "medpipe_dicom_sources_sha256": src.hexdigest()[:12],
-    }
-
-
-def cpu_snapshot() -> tuple[float, float]:
-    """(CPU seconds the whole machine was busy, CPU seconds used by this process and its reaped children)."""
-    try:
-        with open("/proc/stat") as fp:
-            v = [int(x) for x in fp.readline().split()[1:]]
-        busy = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-    except (OSError, ValueError, IndexError):
-        busy = float("nan")
-    t = os.times()
-    return busy, t.user + t.system + t.children_user + t.children_system
-
-
-def other_cpu(before: tuple[float, float], after: tuple[float, float]) -> float:
-    """CPU seconds used by *other* processes (or stolen) between two snapshots: the noise during a call."""
-    return max(0.0, (after[0] - before[0]) - (after[1] - before[1]))
-
-
-def loadavg() -> list[float]:
-    try:
-        return [float(v) for v in open("/proc/loadavg").read().split()[:3]]
-    except OSError:
-        return []
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--_io-probe"]:  # internal: run in a fresh subprocess by run_probe
@@ -311,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     from medpipe.dicom.headers import HEADER_TAGS
     from medpipe.dicom.scan import PARALLEL_THRESHOLD, iter_files, scan
 
-    machine = machine_info()
+    machine = machine_info(("numpy", "pydicom"))
     print("== DICOM header scan benchmark ==")
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
     root, build, temporary = prepare(args)
