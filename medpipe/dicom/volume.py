@@ -114,7 +114,9 @@ def read_stored_pixels(slices: Sequence[SliceHeader], *, threads: int = 2) -> np
     else:
         fallback = list(range(len(slices)))
     if fallback:
-        paths = sorted({slices[k].path for k in fallback})
+        by_path: dict[str, list[int]] = {}
+        for k in fallback:
+            by_path.setdefault(slices[k].path, []).append(k)
 
         def decode(path: str) -> tuple[str, np.ndarray | Exception]:
             try:
@@ -122,28 +124,28 @@ def read_stored_pixels(slices: Sequence[SliceHeader], *, threads: int = 2) -> np
             except Exception as e:  # truncated or undecodable: reported with a code below
                 return path, e
 
-        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
-            decoded = dict(pool.map(decode, paths))
-        for k in fallback:
-            s = slices[k]
-            arr = decoded[s.path]
-            if isinstance(arr, Exception):
-                raise DicomError(
-                    f"image {k + 1} of {len(slices)} (instance {s.instance_number}) cannot be decoded "
-                    f"({type(arr).__name__}: {arr})",
-                    code="DICOM_CORRUPT_FILE",
-                ) from arr
-            frame = arr[s.frame or 0]
-            if frame.shape != (s.rows, s.columns):
-                raise DicomError(
-                    f"image {k + 1} decodes to {frame.shape}, its header says {(s.rows, s.columns)}",
-                    code="DICOM_CORRUPT_FILE",
-                )
-            if out is None:
-                out = np.empty((len(slices), s.rows, s.columns), frame.dtype)
-            elif not np.can_cast(frame.dtype, out.dtype, "safe"):
-                out = out.astype(np.result_type(out.dtype, frame.dtype))
-            out[k] = frame
+        # Decoded files are placed as they arrive (in order), so only a few are held at once.
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(by_path)))) as pool:
+            for path, arr in pool.map(decode, by_path):
+                for k in by_path[path]:
+                    s = slices[k]
+                    if isinstance(arr, Exception):
+                        raise DicomError(
+                            f"image {k + 1} of {len(slices)} (instance {s.instance_number}) cannot be decoded "
+                            f"({type(arr).__name__}: {arr})",
+                            code="DICOM_CORRUPT_FILE",
+                        ) from arr
+                    frame = arr[s.frame or 0]
+                    if frame.shape != (s.rows, s.columns):
+                        raise DicomError(
+                            f"image {k + 1} decodes to {frame.shape}, its header says {(s.rows, s.columns)}",
+                            code="DICOM_CORRUPT_FILE",
+                        )
+                    if out is None:
+                        out = np.empty((len(slices), s.rows, s.columns), frame.dtype)
+                    elif not np.can_cast(frame.dtype, out.dtype, "safe"):
+                        out = out.astype(np.result_type(out.dtype, frame.dtype))
+                    out[k] = frame
     return out  # type: ignore[return-value]  # every slice was read by one of the two paths
 
 
