@@ -114,6 +114,41 @@ def export(bundle: str, output: str | None) -> None:
 
 @cli.command()
 @bundle_option
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Datalist to score (default: the bundle's).",
+)
+@click.option("--split", default="test", show_default=True, help="Manifest split to score (it needs labels).")
+@click.option(
+    "--output", type=click.Path(file_okay=False, path_type=str), help="Default: <bundle>/eval/<split>."
+)
+@click.option("--device", type=str, help="cpu, cuda or cuda:N.")
+@click.option(
+    "--nsd-tolerance", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="mm."
+)
+def evaluate(
+    bundle: str,
+    manifest: str | None,
+    split: str,
+    output: str | None,
+    device: str | None,
+    nsd_tolerance: float,
+) -> None:
+    """Run the bundle's inference on a labelled split; per-case Dice, HD95 and surface Dice per class.
+
+    Writes metrics.csv and summary.json, scored in each case's original grid.
+    """
+    from medpipe.evaluate import evaluate as run_evaluate
+
+    run_evaluate(
+        bundle, manifest=manifest, split=split, output=output, device=device, nsd_tolerance_mm=nsd_tolerance,
+        echo=click.echo,
+    )  # fmt: skip
+
+
+@cli.command()
+@bundle_option
 def check(bundle: str) -> None:
     """Check a bundle with MONAI's tools: workflow properties and verify_net_in_out."""
     from monai.bundle import ConfigParser
@@ -266,6 +301,64 @@ def convert(
         )
     if ok < len(records):
         sys.exit(EXIT_PARTIAL)
+
+
+@cli.group()
+def manifest() -> None:
+    """Write a manifest (Decathlon datalist with fixed splits) from a dataset."""
+
+
+def _report_manifest(content: dict[str, Any], output: str) -> None:
+    counts = ", ".join(f"{k} {len(content[k])}" for k in ("training", "validation", "test") if k in content)
+    click.echo(f"wrote {output}: {counts} (dataset_dir {content['dataset_dir']})")
+
+
+@manifest.command("msd")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+)
+@click.option(
+    "--folds", type=click.IntRange(min=2), help="Assign k folds to the non-test cases; validate on --fold."
+)
+@click.option("--fold", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def manifest_msd(
+    dataset_dir: str, output: str, val_fraction: float, folds: int | None, fold: int, seed: int
+) -> None:
+    """From an MSD task folder (dataset.json): test = cases whose number is divisible by 5."""
+    from medpipe.data.make_manifest import msd_manifest
+
+    content = msd_manifest(dataset_dir, output, val_fraction=val_fraction, folds=folds, fold=fold, seed=seed)
+    _report_manifest(content, output)
+
+
+@manifest.command("folder")
+@click.argument("images_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("labels_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+)
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def manifest_folder(
+    images_dir: str, labels_dir: str | None, output: str, val_fraction: float, test_fraction: float, seed: int
+) -> None:
+    """From a folder of NIfTI images (and one of labels, paired by file name)."""
+    from medpipe.data.make_manifest import folder_manifest
+
+    content = folder_manifest(
+        images_dir, output, labels_dir, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+    )
+    _report_manifest(content, output)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from medpipe.bundle.layout import BundleLayout
 from medpipe.bundle.workflow import build_workflow, device_expression, parsed
+from medpipe.data.checks import check_labelled_cases
 from medpipe.data.manifest import load_manifest
 from medpipe.errors import find_medpipe_error
 
@@ -45,12 +46,17 @@ def training_overrides(
 
 
 def check_training_data(wf: Any) -> dict[str, int]:
-    """Resolve the train/validation datalists now (generating demo data if the manifest says so),
-    so a missing file or empty split is reported before any model is built."""
+    """Resolve the train/validation datalists now (generating demo data if the manifest says so) and
+    check every labelled case, so a missing file, an empty split, a label on another grid or with
+    unknown classes is reported, with all offending cases, before any model is built."""
     counts = {}
+    num_classes = int(parsed(wf, "num_classes")) if "num_classes" in wf.parser else None
     for split_id in ("train::datalist", "validate::datalist"):
         if split_id in wf.parser:
-            counts[split_id.split("::")[0]] = len(parsed(wf, split_id))
+            entries = parsed(wf, split_id)
+            counts[split_id.split("::")[0]] = len(entries)
+            if num_classes:
+                check_labelled_cases(entries, num_classes, split=split_id.split("::")[0])
     return counts
 
 

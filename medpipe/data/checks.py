@@ -1,0 +1,65 @@
+"""Checks of labelled cases before any training or scoring: one pass, every offending case listed.
+
+* DATA_GEOMETRY_MISMATCH: image and label do not share a grid (shape, or affine beyond 1e-3 mm).
+* DATA_UNEXPECTED_LABELS: a label holds values other than the classes 0..num_classes-1.
+
+Headers are read for the geometry (NIfTI images; other inputs, such as DICOM folders, are checked when
+loaded); label voxels are read for the values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from medpipe.errors import ManifestError
+
+MAX_LISTED = 10
+
+
+def _case(entry: dict[str, Any]) -> str:
+    return Path(entry["image"]).name.split(".nii")[0]
+
+
+def _listing(items: list[str]) -> str:
+    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return "; ".join(items[:MAX_LISTED]) + more
+
+
+def check_labelled_cases(entries: Sequence[dict[str, Any]], num_classes: int, *, split: str) -> None:
+    """Raise a coded :class:`ManifestError` naming every case whose label is unusable."""
+    geometry: list[str] = []
+    values: list[str] = []
+    for entry in entries:
+        if "label" not in entry:
+            continue
+        label = nib.load(entry["label"])
+        if str(entry["image"]).endswith((".nii", ".nii.gz")):
+            image = nib.load(entry["image"])
+            if image.shape[:3] != label.shape[:3]:
+                geometry.append(f"{_case(entry)} (image {image.shape[:3]}, label {label.shape[:3]})")
+                continue
+            if not np.allclose(image.affine, label.affine, atol=1e-3):
+                shift = float(np.abs(image.affine - label.affine).max())
+                geometry.append(f"{_case(entry)} (affines differ by up to {shift:.3g} mm)")
+                continue
+        found = np.unique(np.asanyarray(label.dataobj))
+        unexpected = [v for v in found.tolist() if v not in range(num_classes)]
+        if unexpected:
+            values.append(f"{_case(entry)} (values {unexpected[:5]})")
+    if geometry:
+        raise ManifestError(
+            f"{len(geometry)} case(s) of split '{split}' have image and label on different grids: "
+            f"{_listing(geometry)}",
+            code="DATA_GEOMETRY_MISMATCH",
+        )
+    if values:
+        raise ManifestError(
+            f"{len(values)} case(s) of split '{split}' have label values outside 0..{num_classes - 1}: "
+            f"{_listing(values)}",
+            code="DATA_UNEXPECTED_LABELS",
+        )

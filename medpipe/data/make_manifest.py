@@ -1,0 +1,179 @@
+"""Write manifests from datasets: an MSD task folder (``dataset.json``) or a plain folder of NIfTI files.
+
+Splits are fixed and reproducible. For MSD data the **test split is every case whose number is
+divisible by 5** (52 of Task04's 260 cases): never used for training, validation or model selection.
+The validation split is drawn with a seeded generator from the rest; ``folds=k`` instead assigns every
+non-test case a fold (``"fold"`` key) and validates on fold ``fold``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from medpipe.atomic import atomic_write_text
+from medpipe.errors import ManifestError
+
+NIFTI = (".nii.gz", ".nii")
+
+
+def case_number(path: str) -> int:
+    """The case number in an MSD file name: ``./imagesTr/hippocampus_015.nii.gz`` -> 15."""
+    match = re.search(r"(\d+)(?:_\d{4})?\.nii(?:\.gz)?$", path)
+    if match is None:
+        raise ManifestError(f"no case number in {Path(path).name!r}", code="MANIFEST_INVALID")
+    return int(match.group(1))
+
+
+def _split(
+    entries: list[dict[str, Any]], *, val_fraction: float, folds: int | None, fold: int, seed: int
+) -> dict[str, list[dict[str, Any]]]:
+    test = [e for e in entries if case_number(e["image"]) % 5 == 0]
+    rest = [e for e in entries if case_number(e["image"]) % 5 != 0]
+    order = list(range(len(rest)))
+    random.Random(seed).shuffle(order)
+    if folds:
+        if not 2 <= folds <= len(rest) or not 0 <= fold < folds:
+            raise ManifestError(
+                f"--folds {folds} --fold {fold} is not a valid choice", code="MANIFEST_INVALID"
+            )
+        for rank, i in enumerate(order):
+            rest[i] = {**rest[i], "fold": rank % folds}
+        validation = [e for e in rest if e["fold"] == fold]
+        training = [e for e in rest if e["fold"] != fold]
+    else:
+        n_val = max(1, round(val_fraction * len(rest)))
+        chosen = set(order[:n_val])
+        validation = [e for i, e in enumerate(rest) if i in chosen]
+        training = [e for i, e in enumerate(rest) if i not in chosen]
+    return {"training": training, "validation": validation, "test": test}
+
+
+def _write(output: Path, dataset_dir: Path, content: dict[str, Any]) -> dict[str, Any]:
+    content["dataset_dir"] = os.path.relpath(dataset_dir.resolve(), output.resolve().parent)
+    atomic_write_text(output, json.dumps(content, indent=1) + "\n")
+    return content
+
+
+def msd_manifest(
+    dataset_dir: str | Path,
+    output: str | Path,
+    *,
+    val_fraction: float = 0.1,
+    folds: int | None = None,
+    fold: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write a manifest for an MSD task folder; return its content."""
+    dataset_dir, output = Path(dataset_dir), Path(output)
+    meta_path = dataset_dir / "dataset.json"
+    if not meta_path.is_file():
+        raise ManifestError(
+            f"{meta_path} does not exist (an MSD task folder has one)", code="MANIFEST_NOT_FOUND"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+        pairs = [{"image": e["image"], "label": e["label"]} for e in meta["training"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ManifestError(f"{meta_path} is not an MSD dataset.json ({e})", code="MANIFEST_INVALID") from e
+    pairs = [{k: v.removeprefix("./") for k, v in p.items()} for p in pairs]
+    missing = [p[k] for p in pairs for k in ("image", "label") if not (dataset_dir / p[k]).is_file()]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ManifestError(
+            f"{len(missing)} files listed in dataset.json are missing: {', '.join(missing[:5])}{more}",
+            code="MANIFEST_MISSING_FILES",
+        )
+    content = {
+        "name": meta.get("name", dataset_dir.name),
+        "description": meta.get("description", ""),
+        "labels": meta.get("labels", {}),
+        "modality": meta.get("modality", {}),
+        "split_rule": "test: case number divisible by 5; validation: "
+        + (
+            f"fold {fold} of {folds} (seed {seed})"
+            if folds
+            else f"{val_fraction:.0%} of the rest (seed {seed})"
+        ),
+        **_split(pairs, val_fraction=val_fraction, folds=folds, fold=fold, seed=seed),
+    }
+    return _write(output, dataset_dir, content)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in NIFTI:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise ManifestError(f"{folder} is not a folder", code="MANIFEST_NOT_FOUND")
+    files = sorted(
+        p for p in folder.iterdir() if p.name.lower().endswith(NIFTI) and not p.name.startswith(".")
+    )
+    return {_stem(p).removesuffix("_0000"): p for p in files}
+
+
+def folder_manifest(
+    images_dir: str | Path,
+    output: str | Path,
+    labels_dir: str | Path | None = None,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write a manifest for a folder of NIfTI images (and labels paired by file name; nnU-Net's ``_0000``
+    image suffix is understood). Unpaired files are refused with MANIFEST_UNPAIRED, listing them.
+
+    Without labels every image goes to ``test`` (inference only). With labels, a seeded ``test_fraction``
+    is held out and ``val_fraction`` of the rest validates.
+    """
+    images_dir, output = Path(images_dir), Path(output)
+    images = _nifti_files(images_dir)
+    if not images:
+        raise ManifestError(f"no .nii/.nii.gz files in {images_dir}", code="MANIFEST_EMPTY_SPLIT")
+    root = Path(
+        os.path.commonpath([images_dir.resolve()] + ([Path(labels_dir).resolve()] if labels_dir else []))
+    )
+    if labels_dir is None:
+        entries = [{"image": os.path.relpath(p.resolve(), root)} for p in images.values()]
+        return _write(output, root, {"name": images_dir.name, "test": entries})
+    labels = _nifti_files(Path(labels_dir))
+    unpaired = sorted(set(images) ^ set(labels))
+    if unpaired:
+        side = {k: ("image without label" if k in images else "label without image") for k in unpaired}
+        shown = ", ".join(f"{k} ({v})" for k, v in list(side.items())[:10])
+        more = f" and {len(unpaired) - 10} more" if len(unpaired) > 10 else ""
+        raise ManifestError(
+            f"{len(unpaired)} case(s) cannot be paired by file name: {shown}{more}", code="MANIFEST_UNPAIRED"
+        )
+    entries = [
+        {
+            "image": os.path.relpath(images[k].resolve(), root),
+            "label": os.path.relpath(labels[k].resolve(), root),
+        }
+        for k in sorted(images)
+    ]
+    order = list(range(len(entries)))
+    random.Random(seed).shuffle(order)
+    n_test = round(test_fraction * len(entries))
+    n_val = max(1, round(val_fraction * (len(entries) - n_test)))
+    test = sorted(order[:n_test])
+    val = sorted(order[n_test : n_test + n_val])
+    train = sorted(order[n_test + n_val :])
+    content = {
+        "name": images_dir.name,
+        "split_rule": f"seeded ({seed}): test {test_fraction:.0%}, validation {val_fraction:.0%} of the rest",
+        "training": [entries[i] for i in train],
+        "validation": [entries[i] for i in val],
+        "test": [entries[i] for i in test],
+    }
+    return _write(output, root, content)
