@@ -308,6 +308,18 @@ def manifest() -> None:
     """Write a manifest (Decathlon datalist with fixed splits) from a dataset."""
 
 
+def manifest_output_options(func: Any) -> Any:
+    """--output and --val-fraction, shared by the manifest commands."""
+    func = click.option(
+        "--val-fraction",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=0.1,
+        show_default=True,
+        help="Share of the non-test cases used for validation.",
+    )(func)
+    return click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=str))(func)
+
+
 def _report_manifest(content: dict[str, Any], output: str) -> None:
     counts = ", ".join(f"{k} {len(content[k])}" for k in ("training", "validation", "test") if k in content)
     click.echo(f"wrote {output}: {counts} (dataset_dir {content['dataset_dir']})")
@@ -315,13 +327,7 @@ def _report_manifest(content: dict[str, Any], output: str) -> None:
 
 @manifest.command("msd")
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=str))
-@click.option(
-    "--val-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.1,
-    show_default=True,
-)
+@manifest_output_options
 @click.option(
     "--folds", type=click.IntRange(min=2), help="Assign k folds to the non-test cases; validate on --fold."
 )
@@ -340,13 +346,7 @@ def manifest_msd(
 @manifest.command("folder")
 @click.argument("images_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.argument("labels_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=str))
-@click.option(
-    "--val-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.1,
-    show_default=True,
-)
+@manifest_output_options
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def manifest_folder(
