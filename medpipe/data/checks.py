@@ -37,6 +37,10 @@ def check_labelled_cases(entries: Sequence[dict[str, Any]], num_classes: int, *,
     for entry in entries:
         if "label" not in entry:
             continue
+        if not isinstance(entry["label"], str):  # classification: the label is a class index
+            if isinstance(entry["label"], bool) or entry["label"] not in range(num_classes):
+                values.append(f"{_case(entry)} (class {entry['label']!r})")
+            continue
         label = nib.load(entry["label"])
         if str(entry["image"]).endswith((".nii", ".nii.gz")):
             image = nib.load(entry["image"])

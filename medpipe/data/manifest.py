@@ -100,7 +100,7 @@ class Manifest:
                 )
             item = dict(entry)
             for key in PATH_KEYS:
-                if key in item:
+                if isinstance(item.get(key), str):  # a class index or number (classification) is no path
                     p = Path(item[key]).expanduser()
                     p = p if p.is_absolute() else root / p
                     item[key] = str(p)
