@@ -24,7 +24,7 @@ import numpy as np
 
 from medpipe.atomic import atomic_write_text
 from medpipe.bundle.layout import BundleLayout
-from medpipe.bundle.workflow import build_workflow, device_expression, parsed
+from medpipe.bundle.workflow import build_workflow, inference_overrides, parsed
 from medpipe.data.checks import check_labelled_cases
 from medpipe.data.manifest import load_manifest
 from medpipe.errors import MedpipeError
@@ -75,12 +75,7 @@ def evaluate(
     from medpipe.bundle.export import load_state_dict
 
     layout = BundleLayout.open(bundle)
-    overrides: dict[str, Any] = {}
-    if manifest is not None:
-        overrides["manifest"] = str(load_manifest(manifest).path)
-    if device is not None:
-        overrides["device"] = device_expression(device)
-    wf = build_workflow(layout, "inference", overrides)
+    wf = build_workflow(layout, "inference", inference_overrides(manifest, device))
     man = load_manifest(parsed(wf, "manifest"))
     entries = man.split(split, required_keys=("image", "label"))
     num_classes = int(parsed(wf, "num_classes"))

@@ -26,6 +26,18 @@ MEDPIPE_IDS = ("bundle_root",)
 WORKFLOW_TYPES = {"train": "train", "evaluate": "eval", "inference": "infer"}
 
 
+def inference_overrides(manifest: str | Path | None = None, device: str | None = None) -> dict[str, Any]:
+    """Overrides of a bundle's inference config for ``--manifest`` and ``--device`` (evaluate, explain)."""
+    from medpipe.data.manifest import load_manifest
+
+    overrides: dict[str, Any] = {}
+    if manifest is not None:
+        overrides["manifest"] = str(load_manifest(manifest).path)
+    if device is not None:
+        overrides["device"] = device_expression(device)
+    return overrides
+
+
 def device_expression(device: str) -> str:
     """``--device`` value -> config expression, refusing a device this machine does not have."""
     import torch

@@ -1,0 +1,128 @@
+"""Classifier-bundle helpers: crop-size check, class weights, validation threshold."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import DenseNet121
+
+from medpipe.bundle.classifier import (
+    ValidationThreshold,
+    binary_figures,
+    check_crop_size,
+    class_weights,
+    youden_threshold,
+)
+from medpipe.errors import BundleError
+from tests.conftest import REPO
+
+MALIGNANCY = REPO / "bundles" / "lung_nodule_malignancy_ct"
+
+
+def bundle_network():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(MALIGNANCY / "configs" / "common.json"))
+    return parser.get_parsed_content("network_def"), parser.get_parsed_content("crop_size")
+
+
+def test_crop_size_check():
+    net, crop = bundle_network()
+    check_crop_size(net, crop, num_outputs=2)
+    for bad in ([0, 32, 32], [32, 32], [32, 32, 32.5], "big"):
+        with pytest.raises(BundleError) as e:
+            check_crop_size(net, bad)
+        assert e.value.code == "BUNDLE_CROP_SIZE_INVALID"
+    dense = DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)  # downsamples 32x
+    with pytest.raises(BundleError) as e:
+        check_crop_size(dense, [8, 8, 8])
+    assert e.value.code == "BUNDLE_CROP_SIZE_INVALID" and "crop_size=[8, 8, 8]" in str(e.value)
+    with pytest.raises(BundleError):
+        check_crop_size(net, crop, num_outputs=3)
+
+
+def test_check_command_refuses_a_crop_the_network_cannot_take(tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from medpipe.cli import cli
+
+    bundle = tmp_path / "b"
+    shutil.copytree(MALIGNANCY / "configs", bundle / "configs")
+    common = json.loads((bundle / "configs" / "common.json").read_text())
+    common["network_def"] = {
+        "_target_": "DenseNet121",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 2,
+    }
+    common["crop_size"] = [8, 8, 8]
+    (bundle / "configs" / "common.json").write_text(json.dumps(common))
+    result = CliRunner().invoke(cli, ["check", "--bundle", str(bundle)])
+    assert result.exit_code == 3
+    assert "BUNDLE_CROP_SIZE_INVALID" in result.output
+
+
+def test_class_weights_balance_the_classes():
+    w = class_weights([{"label": 0}] * 30 + [{"label": 1}] * 10, 2)
+    assert torch.allclose(w, torch.tensor([40 / 60, 40 / 20]))
+    assert class_weights([{"label": 0}] * 4, 2)[1] == 1.0
+
+
+def test_threshold_and_handler(tmp_path):
+    prob = np.array([0.1, 0.2, 0.35, 0.4, 0.6, 0.7, 0.8, 0.9])
+    label = np.array([0, 0, 0, 1, 0, 1, 1, 1])
+    thr = youden_threshold(prob, label)
+    assert 0.35 < thr <= 0.4 or 0.6 < thr <= 0.7
+    figs = binary_figures(prob, label, thr)
+    assert figs["accuracy"] == pytest.approx(7 / 8) and figs["auc"] == pytest.approx(15 / 16)
+
+    class State:
+        pass
+
+    engine = State()
+    engine.state = State()
+    engine.state.metrics, engine.state.epoch, engine.state.best_metric_epoch = {}, 3, 3
+    h = ValidationThreshold(tmp_path)
+    h._reset(engine)
+    engine.state.output = [
+        {"pred": torch.tensor([1 - p, p]), "label": torch.nn.functional.one_hot(torch.tensor(int(y)), 2)}
+        for p, y in zip(prob, label, strict=True)
+    ]
+    h._collect(engine)
+    h._completed(engine)
+    saved = json.loads((tmp_path / "threshold.json").read_text())
+    assert saved["threshold"] == pytest.approx(thr) and saved["epoch"] == 3
+    assert engine.state.metrics["val_accuracy"] == pytest.approx(7 / 8)
+
+
+def test_shipped_weights_fit_the_network_and_threshold_is_a_probability():
+    from medpipe.bundle.export import load_state_dict
+
+    net, crop = bundle_network()
+    net.load_state_dict(load_state_dict(MALIGNANCY / "models" / "model.pt"))  # strict: every tensor fits
+    net.eval()
+    with torch.no_grad():
+        prob = torch.softmax(net(torch.zeros(2, 1, *crop)), dim=1)
+    assert prob.shape == (2, 2) and torch.allclose(prob.sum(1), torch.ones(2))
+    record = json.loads((MALIGNANCY / "models" / "threshold.json").read_text())
+    assert 0 < record["threshold"] < 1 and record["positive_class"] == 1
+
+
+def test_default_grad_cam_layer_is_the_last_block_with_a_usable_map():
+    from monai.networks.nets import ResNet
+
+    from medpipe.explain import pick_target_layer
+
+    vessel_like = ResNet("basic", [1, 1, 1, 1], [4, 8, 16, 32], spatial_dims=3, n_input_channels=1,
+                         conv1_t_size=3, conv1_t_stride=1, no_max_pool=True, num_classes=2)  # fmt: skip
+    assert pick_target_layer(vessel_like, torch.zeros(1, 1, 28, 28, 28)) == "layer4"  # 4x4x4 map
+    net, crop = bundle_network()
+    assert pick_target_layer(net, torch.zeros(1, 1, *crop)) == "layer3"  # its layer4 map is 2x2x2
+    assert pick_target_layer(net, torch.zeros(1, 1, 8, 8, 8)) == "layer1"  # 4x4x4 there, 2x2x2 after
+    assert pick_target_layer(net, torch.zeros(1, 1, 4, 4, 4)) == "layer1"  # none reaches 4: last > 1 voxel
