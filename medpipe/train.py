@@ -60,6 +60,32 @@ def check_training_data(wf: Any) -> dict[str, int]:
     return counts
 
 
+def prepare_transfer(
+    wf: Any, source: str | Path | None, freeze: str, lr_scale: float, echo: Any = print
+) -> None:
+    """Load pretrained weights into the built network, freeze, and regroup the optimizer -- after the
+    network exists and before the optimizer, LR scheduler and trainer are built from the config."""
+    from medpipe.errors import BundleError
+    from medpipe.transfer import freeze as apply_freeze
+    from medpipe.transfer import init_from, regroup_optimizer
+
+    if not lr_scale > 0:
+        raise BundleError(f"--pretrained-lr-scale must be > 0, got {lr_scale}", code="CONFIG_BAD_OVERRIDE")
+    network = parsed(wf, "network")
+    pretrained: set[str] = set()
+    if source is not None:
+        report = init_from(network, source)
+        pretrained = set(report.loaded)
+        for line in report.lines():
+            echo(line)
+    trainable, total = apply_freeze(network, freeze)
+    echo(
+        f"freeze {freeze}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.1f}%)"
+    )
+    groups = regroup_optimizer(parsed(wf, "optimizer"), network, pretrained, lr_scale)
+    echo("optimizer groups: " + ", ".join(f"{name} {n} tensors lr {lr:.2e}" for name, n, lr in groups))
+
+
 def train(
     bundle: str | Path,
     *,
@@ -69,12 +95,23 @@ def train(
     sets: Mapping[str, Any] | None = None,
     verbose: bool = False,
     echo: Any = print,
+    init_from: str | Path | None = None,
+    freeze: str = "none",
+    pretrained_lr_scale: float = 1.0,
 ) -> dict[str, Any]:
-    """Train ``bundle``; returns the training record (also written as ``training_metrics.json``)."""
+    """Train ``bundle``; returns the training record (also written as ``training_metrics.json``).
+
+    ``init_from``/``freeze``/``pretrained_lr_scale``: transfer learning, see :mod:`medpipe.transfer`."""
     layout = BundleLayout.open(bundle)
     overrides, user_ids = training_overrides(manifest, max_epochs, device, sets)
     wf = build_workflow(layout, "train", overrides, user_ids=user_ids, logging_conf=verbose)
     counts = check_training_data(wf)
+    if "crop_size" in wf.parser:  # a crop classifier: refuse a crop the network cannot take, now
+        from medpipe.bundle.classifier import check_crop_size
+
+        check_crop_size(parsed(wf, "network"), parsed(wf, "crop_size"))
+    if init_from is not None or freeze not in (None, "none") or pretrained_lr_scale != 1.0:
+        prepare_transfer(wf, init_from, freeze or "none", pretrained_lr_scale, echo)
     ckpt_dir = Path(parsed(wf, "ckpt_dir"))
     echo(
         f"training {layout.root.name}: {counts.get('train', '?')} training / "

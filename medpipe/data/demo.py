@@ -178,6 +178,10 @@ def generate_dataset(
 def ensure_generated(generator: Mapping[str, Any], root: str | Path) -> Path:
     """Make sure the synthetic dataset a manifest's ``generator`` describes exists in ``root``."""
     name = generator.get("name")
+    from medpipe.data import nodule_crops
+
+    if name == nodule_crops.GENERATOR_NAME:  # the malignancy classifier's synthetic nodule crops
+        return nodule_crops.ensure_generated(generator, root)
     if name != GENERATOR_NAME:
         raise DataGenerationError(
             f"unknown data generator '{name}' in manifest; this medpipe knows '{GENERATOR_NAME}'",
