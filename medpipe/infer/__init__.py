@@ -1,0 +1,1 @@
+"""Batch inference over DICOM series and NIfTI volumes (``medpipe infer``); see :mod:`medpipe.infer.run`."""
