@@ -69,6 +69,25 @@ def cli() -> None:
 @click.option(
     "-v", "--verbose", is_flag=True, help="Also apply the bundle's logging.conf (MONAI's own logs)."
 )
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=str),
+    help="Bundle folder or checkpoint: load every weight whose name and shape match.",
+)
+@click.option(
+    "--freeze",
+    default="none",
+    show_default=True,
+    metavar="none|backbone|until:LAYER",
+    help="Parameters to keep fixed (until:LAYER freezes up to and including LAYER).",
+)
+@click.option(
+    "--pretrained-lr-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Learning-rate factor for the weights loaded by --init-from.",
+)
 def train(
     bundle: str,
     manifest: str | None,
@@ -76,6 +95,9 @@ def train(
     device: str | None,
     sets: tuple[str, ...],
     verbose: bool,
+    init_from: str | None,
+    freeze: str,
+    pretrained_lr_scale: float,
 ) -> None:
     """Train a bundle with its own train config (MONAI SupervisedTrainer).
 
@@ -93,6 +115,9 @@ def train(
         sets=parse_overrides(sets),
         verbose=verbose,
         echo=click.echo,
+        init_from=init_from,
+        freeze=freeze,
+        pretrained_lr_scale=pretrained_lr_scale,
     )
 
 
@@ -127,6 +152,13 @@ def export(bundle: str, output: str | None) -> None:
 @click.option(
     "--nsd-tolerance", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="mm."
 )
+@click.option(
+    "--robustness",
+    is_flag=True,
+    help="Classifiers: re-score under noise, intensity shift/scale and rotation at graded strengths, with and "
+    "without test-time augmentation (robustness.csv + .png).",
+)
+@click.option("--tta", type=click.IntRange(1, 48), default=8, show_default=True, help="--robustness: cube symmetries.")
 def evaluate(
     bundle: str,
     manifest: str | None,
@@ -134,11 +166,33 @@ def evaluate(
     output: str | None,
     device: str | None,
     nsd_tolerance: float,
+    robustness: bool,
+    tta: int,
 ) -> None:
-    """Run the bundle's inference on a labelled split; per-case Dice, HD95 and surface Dice per class.
+    """Run the bundle's inference on a labelled split and score it.
 
-    Writes metrics.csv and summary.json, scored in each case's original grid.
+    Segmentation bundles: per-case Dice, HD95 and surface Dice per class, in each case's original grid
+    (metrics.csv, summary.json). Classifier bundles (metadata output type "probabilities"): AUC,
+    accuracy, F1, precision, recall and confusion matrix at the stored threshold (predictions.csv,
+    summary.json).
     """
+    from medpipe.evaluate_cls import is_classifier
+
+    if is_classifier(bundle):
+        if robustness:
+            from medpipe.robustness import robustness as run_robustness
+
+            run_robustness(bundle, manifest=manifest, split=split, output=output, device=device, tta=tta, echo=click.echo)
+            return
+        from medpipe.evaluate_cls import evaluate_classifier
+
+        evaluate_classifier(bundle, manifest=manifest, split=split, output=output, device=device, echo=click.echo)
+        return
+    if robustness:
+        raise MedpipeError(
+            f"--robustness is implemented for classifier bundles; {bundle} is a segmentation bundle",
+            code="ROBUSTNESS_UNSUPPORTED",
+        )
     from medpipe.evaluate import evaluate as run_evaluate
 
     run_evaluate(
@@ -170,6 +224,53 @@ def check(bundle: str) -> None:
         click.echo(f"{workflow}: required MONAI bundle properties present")
     verify_network(layout.root)
     click.echo("verify_net_in_out: network input/output match metadata.json")
+    if "crop_size" in parser:  # a crop classifier: the crop medpipe infer cuts must pass through the network
+        from medpipe.bundle.classifier import check_crop_size
+
+        parser["bundle_root"] = str(layout.root)
+        crop = parser.get_parsed_content("crop_size")
+        check_crop_size(
+            parser.get_parsed_content("network_def"), crop, int(parser.get_parsed_content("num_classes"))
+        )
+        click.echo(f"crop_size {list(crop)}: the network takes it and returns one score per class")
+
+
+@cli.command()
+@bundle_option
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=str,
+    help="NIfTI file or DICOM series folder (folder#id for one series of several).",
+)
+@click.option(
+    "--output", required=True, type=click.Path(file_okay=False, path_type=str), help="Output folder."
+)
+@click.option("--method", type=click.Choice(["gradcam", "gradcampp"]), default="gradcam", show_default=True)
+@click.option("--occlusion", is_flag=True, help="Also compute occlusion sensitivity (slower).")
+@click.option("--target-layer", type=str, help="Module name for Grad-CAM (default: the last conv block).")
+@click.option(
+    "--class", "class_index", type=click.IntRange(min=0), help="Class to explain (default: predicted)."
+)
+@click.option("--device", type=str, help="cpu, cuda or cuda:N.")
+def explain(
+    bundle: str,
+    input_path: str,
+    output: str,
+    method: str,
+    occlusion: bool,
+    target_layer: str | None,
+    class_index: int | None,
+    device: str | None,
+) -> None:
+    """Grad-CAM heat map (NIfTI on the input grid), PNG montage and class probabilities for one input."""
+    from medpipe.explain import explain as run_explain
+
+    run_explain(
+        bundle, input_path, output, method=method, occlusion=occlusion, target_layer=target_layer,
+        class_index=class_index, device=device, echo=click.echo,
+    )  # fmt: skip
 
 
 def assembly_options(func: Any) -> Any:
@@ -303,6 +404,60 @@ def convert(
         sys.exit(EXIT_PARTIAL)
 
 
+@cli.command()
+@bundle_option
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, path_type=str),
+              help="DICOM folder tree, NIfTI file, or folder of NIfTI files.")  # fmt: skip
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=str))
+@click.option("--classifier", type=click.Path(file_okay=False, path_type=str),
+              help="Classifier bundle: adds its probability for a crop around each lesion.")  # fmt: skip
+@click.option("--format", "formats", default="nifti,dicom-seg", show_default=True,
+              help="Mask formats, comma-separated: nifti, dicom-seg.")  # fmt: skip
+@click.option("--select", multiple=True, metavar="modality=CT",
+              help="Process only these modalities (default: the bundle's input modality).")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), help="CPU threads (torch, header reading).")
+@click.option("--device", type=str, help="cpu, cuda or cuda:N.")
+@set_option
+@assembly_options
+def infer(
+    bundle: str,
+    input_path: str,
+    output: str,
+    classifier: str | None,
+    formats: str,
+    select: tuple[str, ...],
+    workers: int | None,
+    device: str | None,
+    sets: tuple[str, ...],
+    resample_gaps: bool,
+    correct_tilt: bool,
+    min_slices: int,
+) -> None:
+    """Run a segmentation bundle on every series of INPUT: mask, DICOM SEG, lesion table, preview.
+
+    Writes OUT/<id>/ per series and results.csv, lesions.csv, failures.csv, summary.json. Re-running
+    skips series already done with the same bundle and input. Exit status 0 when every series
+    succeeded, 4 when some failed (failures.csv), 3 when none could be processed.
+    """
+    from medpipe.bundle.overrides import parse_overrides
+    from medpipe.infer.run import infer as run_infer
+
+    overrides = parse_overrides(sets)
+    summary = run_infer(
+        bundle, input_path, output, classifier=classifier, formats=formats.split(","), select=select,
+        workers=workers, device=device, overrides=overrides, user_ids=list(overrides),
+        options=_options(resample_gaps, correct_tilt, min_slices), echo=click.echo,
+    )  # fmt: skip
+    if summary["done"] + summary["skipped"] == 0:
+        raise MedpipeError(
+            f"no series could be processed ({', '.join(summary['failures']) or 'nothing found'}); see "
+            f"{os.path.join(output, 'failures.csv')}",
+            code="INFER_NOTHING_DONE",
+        )
+    if summary["failed"] or summary["unreadable_files"]:
+        sys.exit(EXIT_PARTIAL)
+
+
 @cli.group()
 def manifest() -> None:
     """Write a manifest (Decathlon datalist with fixed splits) from a dataset."""
@@ -358,6 +513,27 @@ def manifest_folder(
     content = folder_manifest(
         images_dir, output, labels_dir, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )
+    _report_manifest(content, output)
+
+
+@manifest.command("medmnist")
+@click.argument("npz", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--num-classes",
+    type=click.IntRange(min=2),
+    help="Number of classes (default: from the dataset name, e.g. vesselmnist3d -> 2).",
+)
+@click.option(
+    "--nifti-dir",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Write one NIfTI per case here and point the manifest at them (default: read the npz directly).",
+)
+def manifest_medmnist(npz: str, output: str, num_classes: int | None, nifti_dir: str | None) -> None:
+    """From a MedMNIST 3D archive (*mnist3d*.npz): its official train/val/test splits."""
+    from medpipe.data.medmnist import medmnist_manifest
+
+    content = medmnist_manifest(npz, output, num_classes=num_classes, nifti_dir=nifti_dir)
     _report_manifest(content, output)
 
 
