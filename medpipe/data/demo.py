@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -135,40 +135,62 @@ def generate_dataset(
     ``spec`` is a :class:`medpipe.data.phantom.PhantomSpec` (default: full-size chest CT); tests pass a
     small one. Cases are independent and seeded by index, so any worker count gives the same files.
     """
+
+    n = sum(splits.values())
+    stamp = {"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "splits": dict(splits)}
+    return write_generated(
+        root, ("imagesTr", "labelsTr", "dicom"), lambda tmp: [(tmp, i, spec) for i in range(n)], _write_case,
+        stamp=stamp, what="demo data", desc="generating demo phantoms", unit="case", workers=workers,
+        progress=progress,
+    )  # fmt: skip
+
+
+def write_generated(
+    root: str | Path,
+    subdirs: tuple[str, ...],
+    make_jobs: Callable[[Path], list[Any]],
+    write_case: Callable[[Any], dict[str, Any]],
+    *,
+    stamp: dict[str, Any],
+    what: str,
+    desc: str,
+    unit: str,
+    workers: int | None = None,
+    progress: bool = True,
+    chunksize: int = 1,
+) -> Path:
+    """Run ``write_case`` on every job into a temporary sibling of ``root`` (processes when there are
+    several jobs and workers), write ``cases.json`` and the stamp, then rename it to ``root``: a run
+    killed half-way leaves no half-written dataset. Shared by the synthetic-data generators."""
     from tqdm import tqdm
 
     root = Path(root).resolve()
-    n = sum(splits.values())
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("imagesTr", "labelsTr", "dicom"):
-        (tmp / sub).mkdir(parents=True, exist_ok=True)
-    workers = workers or min(2, os.cpu_count() or 1)
-    jobs = [(tmp, i, spec) for i in range(n)]
     try:
-        bar = tqdm(total=n, desc="generating demo phantoms", unit="case", disable=not progress)
-        if workers > 1 and n > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                cases = []
-                for c in pool.map(_write_case, jobs):
-                    cases.append(c)
+        for sub in subdirs:
+            (tmp / sub).mkdir(parents=True, exist_ok=True)
+        jobs = make_jobs(tmp)
+        workers = workers or min(2, os.cpu_count() or 1)
+        cases = []
+        with tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress) as bar:
+            if workers > 1 and len(jobs) > 1:
+                with ProcessPoolExecutor(max_workers=workers) as pool:
+                    for c in pool.map(write_case, jobs, chunksize=chunksize):
+                        cases.append(c)
+                        bar.update()
+            else:
+                for job in jobs:
+                    cases.append(write_case(job))
                     bar.update()
-        else:
-            cases = []
-            for job in jobs:
-                cases.append(_write_case(job))
-                bar.update()
-        bar.close()
         (tmp / "cases.json").write_text(json.dumps({"cases": cases}, indent=1))
-        (tmp / STAMP).write_text(
-            json.dumps({"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "splits": dict(splits)})
-        )
+        (tmp / STAMP).write_text(json.dumps(stamp))
         if root.exists():
             shutil.rmtree(root)
         tmp.rename(root)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataGenerationError(f"could not write demo data to {root}: {e}") from e
+        raise DataGenerationError(f"could not write {what} to {root}: {e}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -281,42 +280,15 @@ def generate_dataset(
     progress: bool = True,
 ) -> Path:
     """Write every crop into ``root`` (via a temporary folder renamed at the end); returns ``root``."""
-    from concurrent.futures import ProcessPoolExecutor
+    from medpipe.data.demo import write_generated
 
-    from tqdm import tqdm
-
-    root = Path(root).resolve()
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "imagesTr").mkdir(parents=True)
-    jobs = [(tmp, i, lab) for cases in split_plan(splits).values() for i, lab in cases]
-    workers = workers or min(2, os.cpu_count() or 1)
-    try:
-        with tqdm(total=len(jobs), desc="generating nodule crops", unit="crop", disable=not progress) as bar:
-            if workers > 1 and len(jobs) > 8:
-                with ProcessPoolExecutor(max_workers=workers) as pool:
-                    cases = []
-                    for c in pool.map(_write_case, jobs, chunksize=16):
-                        cases.append(c)
-                        bar.update()
-            else:
-                cases = []
-                for job in jobs:
-                    cases.append(_write_case(job))
-                    bar.update()
-        (tmp / "cases.json").write_text(json.dumps({"cases": cases}, indent=1))
-        stamp = {"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "splits": dict(splits)}
-        (tmp / STAMP).write_text(json.dumps(stamp))
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataGenerationError(f"could not write nodule crops to {root}: {e}") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+    plan = [(i, lab) for cases in split_plan(splits).values() for i, lab in cases]
+    stamp = {"name": GENERATOR_NAME, "version": GENERATOR_VERSION, "splits": dict(splits)}
+    return write_generated(
+        root, ("imagesTr",), lambda tmp: [(tmp, i, lab) for i, lab in plan], _write_case, stamp=stamp,
+        what="nodule crops", desc="generating nodule crops", unit="crop", workers=workers, progress=progress,
+        chunksize=16,
+    )  # fmt: skip
 
 
 def ensure_generated(generator: Mapping[str, Any], root: str | Path) -> Path:
