@@ -197,6 +197,25 @@ def write_generated(
     return root
 
 
+def already_generated(root: Path, version: int, splits: Mapping[str, int]) -> bool:
+    """True when ``root`` holds a dataset this generator version made for ``splits``; refuse
+    (``DATA_DIR_CONFLICT``) a non-empty folder no generator made, rather than write into it."""
+    stamp = root / STAMP
+    if stamp.is_file():
+        try:
+            made = json.loads(stamp.read_text())
+        except json.JSONDecodeError:
+            made = {}
+        return made.get("version") == version and made.get("splits") == dict(splits)
+    if root.exists() and any(root.iterdir()):
+        raise DataGenerationError(
+            f"{root} exists and was not made by medpipe's generator; move it away or set dataset_dir "
+            "to your own data",
+            code="DATA_DIR_CONFLICT",
+        )
+    return False
+
+
 def ensure_generated(generator: Mapping[str, Any], root: str | Path) -> Path:
     """Make sure the synthetic dataset a manifest's ``generator`` describes exists in ``root``."""
     name = generator.get("name")
@@ -218,18 +237,6 @@ def ensure_generated(generator: Mapping[str, Any], root: str | Path) -> Path:
         )
     splits = generator.get("splits", DEFAULT_SPLITS)
     root = Path(root)
-    stamp = root / STAMP
-    if stamp.is_file():
-        try:
-            made = json.loads(stamp.read_text())
-        except json.JSONDecodeError:
-            made = {}
-        if made.get("version") == GENERATOR_VERSION and made.get("splits") == dict(splits):
-            return root
-    elif root.exists() and any(root.iterdir()):
-        raise DataGenerationError(
-            f"{root} exists and was not made by medpipe's generator; move it away or set dataset_dir "
-            "to your own data",
-            code="DATA_DIR_CONFLICT",
-        )
+    if already_generated(root, GENERATOR_VERSION, splits):
+        return root
     return generate_dataset(root, splits)

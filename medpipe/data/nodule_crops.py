@@ -301,21 +301,11 @@ def ensure_generated(generator: Mapping[str, Any], root: str | Path) -> Path:
             code="DATA_GENERATOR_VERSION",
         )
     splits = dict(generator.get("splits", DEFAULT_SPLITS))
+    from medpipe.data.demo import already_generated
+
     root = Path(root)
-    stamp = root / STAMP
-    if stamp.is_file():
-        try:
-            made = json.loads(stamp.read_text())
-        except json.JSONDecodeError:
-            made = {}
-        if made.get("version") == GENERATOR_VERSION and made.get("splits") == splits:
-            return root
-    elif root.exists() and any(root.iterdir()):
-        raise DataGenerationError(
-            f"{root} exists and was not made by medpipe's generator; move it away or set dataset_dir "
-            "to your own data",
-            code="DATA_DIR_CONFLICT",
-        )
+    if already_generated(root, GENERATOR_VERSION, splits):
+        return root
     return generate_dataset(root, splits)
 
 
