@@ -30,8 +30,10 @@ def build(cached: bool):
     datalist = parsed(wf, "train::datalist")
     transform = parsed(wf, "train::preprocessing")
     t0 = time.perf_counter()
-    if cached:
-        dataset = CacheDataset(datalist, transform, cache_rate=1.0, num_workers=2, progress=False)
+    if cached:  # the bundle's own dataset (CacheDataset, its cache_rate and copy_cache settings)
+        dataset = parsed(wf, "train::dataset")
+        if not isinstance(dataset, CacheDataset):
+            raise SystemExit(f"train::dataset is a {type(dataset).__name__}, not a CacheDataset")
     else:
         dataset = Dataset(datalist, transform)
     build_s = time.perf_counter() - t0
@@ -52,11 +54,12 @@ def train_epoch(wf, loader) -> float:
     from medpipe.bundle.workflow import parsed
 
     network, loss_fn, optimizer = parsed(wf, "network"), parsed(wf, "loss"), parsed(wf, "optimizer")
+    inferer = parsed(wf, "train::inferer")  # the bundle's forward pass (bf16 autocast where native)
     network.train()
     t0 = time.perf_counter()
     for batch in loader:
         optimizer.zero_grad()
-        loss = loss_fn(network(batch["image"]), batch["label"])
+        loss = loss_fn(inferer(batch["image"], network), batch["label"])
         loss.backward()
         optimizer.step()
     return time.perf_counter() - t0
