@@ -19,6 +19,7 @@ from medpipe.bundle.workflow import build_workflow, device_expression, parsed
 from medpipe.data.checks import check_labelled_cases
 from medpipe.data.manifest import load_manifest
 from medpipe.errors import find_medpipe_error
+from medpipe.perf import tune_malloc
 
 
 def training_overrides(
@@ -102,6 +103,7 @@ def train(
     """Train ``bundle``; returns the training record (also written as ``training_metrics.json``).
 
     ``init_from``/``freeze``/``pretrained_lr_scale``: transfer learning, see :mod:`medpipe.transfer`."""
+    tune_malloc()  # freed activations stay in the heap: 1.15x per step on CPU (medpipe.perf)
     layout = BundleLayout.open(bundle)
     overrides, user_ids = training_overrides(manifest, max_epochs, device, sets)
     wf = build_workflow(layout, "train", overrides, user_ids=user_ids, logging_conf=verbose)
