@@ -4,6 +4,9 @@
 * :class:`TrainingReport` -- after each epoch: one summary line (loss, validation Dice when it ran,
   time), ``training_metrics.json`` and ``training_curve.png`` in ``output_dir``, both written to a
   temporary name and renamed so a killed run never leaves a torn file.
+* :class:`ValidationHandler` -- MONAI's, validating every ``interval`` epochs **and after the last
+  epoch**, so a run whose epoch count is not a multiple of the interval (``--max-epochs 1``) still
+  validates, and so still saves its best checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
+from monai.handlers import ValidationHandler as MonaiValidationHandler
 
 from medpipe.atomic import atomic_path, atomic_write_text
 
@@ -25,6 +29,23 @@ def loss_of(output: Any) -> float:
     """The loss of a MONAI trainer iteration (its output is a dict, or a list of per-sample dicts)."""
     item = output[0] if isinstance(output, (list, tuple)) else output
     return float(item["loss"])
+
+
+class ValidationHandler(MonaiValidationHandler):
+    """MONAI's ``ValidationHandler`` (epoch level) that also validates after the final epoch."""
+
+    def attach(self, engine: Engine) -> None:
+        if not self.epoch_level:
+            super().attach(engine)
+            return
+        interval = max(1, int(self.interval))
+
+        def due(engine: Engine, epoch: int) -> bool:
+            return epoch % interval == 0 or epoch == engine.state.max_epochs
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
 
 
 class LossProgressBar:
