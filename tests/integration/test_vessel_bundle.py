@@ -84,6 +84,17 @@ def test_shipped_model_size_and_threshold():
     assert record["validation"]["n"] == 191  # chosen on the official validation split
 
 
+@needs_vessel
+def test_shipped_model_scores_the_documented_figures_on_the_official_test_split(tmp_path):
+    """models/model.pt + threshold.json give the README's test figures (AUC 0.949, 355/382 right)."""
+    result = run("evaluate", "--bundle", BUNDLE, "--manifest", SHIPPED_MANIFEST, "--output", tmp_path)
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "summary.json").read_text())["metrics"]
+    assert m["n"] == 382 and abs(m["auc"] - 0.949) < 0.001, m
+    assert m["confusion_matrix"] == [[327, 12], [15, 28]], m
+    assert m["auc"] >= 0.93  # the issue's AUC target
+
+
 def test_cube_symmetries_are_48_distinct_orientations_and_tta_is_invariant_to_them():
     x = torch.arange(2 * 4 * 5 * 6, dtype=torch.float32).reshape(2, 1, 4, 5, 6)
     cube = torch.rand(1, 1, 5, 5, 5)
@@ -197,8 +208,9 @@ def test_shipped_manifest_is_what_the_command_writes(tmp_path):
 @pytest.mark.slow
 def test_shipped_training_reproduces_the_shipped_figures(tmp_path):
     """The documented command on the whole archive reproduces the shipped model's test figures
-    (AUC 0.875, accuracy 0.898; floors below). The issue's targets (AUC and accuracy >= 0.93 in
-    <= 15 min) are not met by this recipe: that part is an expected failure until they are."""
+    (AUC 0.949, accuracy 0.929 in 13.9 min; floors below allow for another CPU's bf16 kernels, since
+    a second seed of this recipe gave 0.935 / 0.898). The accuracy target (>= 0.93) was missed by one
+    case: that part is an expected failure until it is met."""
     bundle = tmp_path / "bundle"
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("runs", "eval", "models"))
     result = run("train", "--bundle", bundle, "--manifest", SHIPPED_MANIFEST)
@@ -212,7 +224,7 @@ def test_shipped_training_reproduces_the_shipped_figures(tmp_path):
         == 0
     )
     m = json.loads((tmp_path / "e" / "summary.json").read_text())["metrics"]
-    assert m["auc"] >= 0.84 and m["accuracy"] >= 0.887, m  # 0.887: always answering "vessel"
+    assert m["auc"] >= 0.92 and m["accuracy"] >= 0.89, m  # 0.887: always answering "vessel"
     if not (m["auc"] >= 0.93 and m["accuracy"] >= 0.93 and record["total_seconds"] <= 15 * 60):
         pytest.xfail(
             f"issue targets not met: AUC {m['auc']:.3f}, accuracy {m['accuracy']:.3f}, {record['total_seconds']:.0f} s"
