@@ -3,11 +3,11 @@
 glibc's ``malloc`` serves every block above its mmap threshold (dynamic, 128 KiB to 32 MiB) with a
 fresh ``mmap`` and gives it back to the kernel on ``free``; heap memory above 128 KiB at the top is
 trimmed back too. A 3D training step allocates and frees activation tensors of several MiB many times,
-so every step touches fresh pages: on this project's 2-core CPU that was 28,000 page faults per
-VesselMNIST3D step and 14 % of the training wall time spent in the kernel. Raising the mmap threshold
-to its maximum and the trim threshold far above the working set makes freed blocks stay in the heap
-and be reused: the same step then takes 3,900 faults and is 1.15-1.2x faster
-(``benchmarks/malloc_tuning.py``). This is what PyTorch's CPU performance guide gets by preloading
+so every step touches fresh pages: on this project's 2-core CPU that was 24,000 page faults per
+VesselMNIST3D step and 14 % of a training run's CPU time spent in the kernel. Raising the mmap
+threshold to its maximum and the trim threshold far above the working set makes freed blocks stay in
+the heap and be reused: the same step then takes 800 faults and is 1.16x faster
+(``benchmarks/malloc_tuning.py``, docs/benchmarks.md). This is what PyTorch's CPU performance guide gets by preloading
 jemalloc or tcmalloc, without a second allocator to install.
 
 The cost is that the process keeps its peak heap instead of returning it to the system, so it is
