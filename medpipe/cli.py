@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from medpipe import __version__
-from medpipe.errors import EXIT_INPUT_ERROR, EXIT_PARTIAL, MedpipeError, find_medpipe_error
+from medpipe.errors import EXIT_INPUT_ERROR, EXIT_PARTIAL, Code, MedpipeError, find_medpipe_error
 
 
 class MedpipeGroup(click.Group):
@@ -189,9 +189,8 @@ def evaluate(
         evaluate_classifier(bundle, manifest=manifest, split=split, output=output, device=device, echo=click.echo)
         return
     if robustness:
-        raise MedpipeError(
+        raise Code.ROBUSTNESS_UNSUPPORTED(
             f"--robustness is implemented for classifier bundles; {bundle} is a segmentation bundle",
-            code="ROBUSTNESS_UNSUPPORTED",
         )
     from medpipe.evaluate import evaluate as run_evaluate
 
@@ -217,9 +216,8 @@ def check(bundle: str) -> None:
         parser.read_config([str(p) for p in layout.workflow_configs(workflow)])
         missing = missing_properties(parser, "train" if workflow == "train" else "infer")
         if missing:
-            raise MedpipeError(
+            raise Code.BUNDLE_MISSING_PROPERTIES(
                 f"{workflow} workflow lacks the MONAI bundle properties {missing}",
-                code="BUNDLE_MISSING_PROPERTIES",
             )
         click.echo(f"{workflow}: required MONAI bundle properties present")
     verify_network(layout.root)
@@ -360,7 +358,7 @@ def dicom_ls(folder: str, as_json: bool, resample_gaps: bool, correct_tilt: bool
             summary += f", {len(result.problems)} unreadable ({codes}; --json lists them)"
         click.echo(summary + (f", skipped: {skipped}" if skipped else ""))
     if not rows:
-        raise MedpipeError(result.nothing_usable_message(), code="DICOM_NO_SERIES")
+        raise Code.DICOM_NO_SERIES(result.nothing_usable_message())
 
 
 @cli.command()
@@ -396,9 +394,8 @@ def convert(
     click.echo(f"{ok} of {len(records)} converted into {output} (report: conversion.json)")
     if ok == 0:
         failed = records[0] if records else None
-        raise MedpipeError(
-            f"nothing converted{f' ({failed.source}: {failed.status})' if failed else ''}",
-            code=failed.status if failed else "DICOM_NO_SERIES",
+        raise Code(failed.status if failed else Code.DICOM_NO_SERIES)(
+            f"nothing converted{f' ({failed.source}: {failed.status})' if failed else ''}"
         )
     if ok < len(records):
         sys.exit(EXIT_PARTIAL)
@@ -449,10 +446,9 @@ def infer(
         options=_options(resample_gaps, correct_tilt, min_slices), echo=click.echo,
     )  # fmt: skip
     if summary["done"] + summary["skipped"] == 0:
-        raise MedpipeError(
+        raise Code.INFER_NOTHING_DONE(
             f"no series could be processed ({', '.join(summary['failures']) or 'nothing found'}); see "
             f"{os.path.join(output, 'failures.csv')}",
-            code="INFER_NOTHING_DONE",
         )
     if summary["failed"] or summary["unreadable_files"]:
         sys.exit(EXIT_PARTIAL)

@@ -20,11 +20,11 @@ import numpy as np
 
 from medpipe import __version__
 from medpipe.atomic import atomic_write_text
-from medpipe.data.nifti import NiftiError, validate_nifti, write_nifti
+from medpipe.data.nifti import validate_nifti, write_nifti
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions
 from medpipe.dicom.scan import Stack, scan
 from medpipe.dicom.volume import load_stack
-from medpipe.errors import DicomError, MedpipeError
+from medpipe.errors import Code, MedpipeError, NiftiError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -96,7 +96,7 @@ def convert(
     """Convert a DICOM folder (each series) or a NIfTI file; return one record per series/file."""
     source, output = Path(source), Path(output)
     if not source.exists():
-        raise MedpipeError(f"{source} does not exist", code="INPUT_NOT_FOUND")
+        raise Code.INPUT_NOT_FOUND(f"{source} does not exist")
     records: list[Converted] = []
     if _is_nifti(source):
         stem = source.name[: -len(".nii.gz")] if source.name.lower().endswith(".nii.gz") else source.stem
@@ -112,7 +112,7 @@ def convert(
         result = scan(str(source), options)
         stacks = [result.get(s) for s in series] if series else result.stacks
         if not stacks:
-            raise DicomError(result.nothing_usable_message(), code="DICOM_NO_SERIES")
+            raise Code.DICOM_NO_SERIES(result.nothing_usable_message())
         for stack in stacks:
             try:
                 volume = load_stack(stack, options)

@@ -27,7 +27,7 @@ from medpipe.bundle.layout import BundleLayout
 from medpipe.bundle.workflow import build_workflow, inference_overrides, parsed
 from medpipe.data.checks import check_labelled_cases
 from medpipe.data.manifest import load_manifest
-from medpipe.errors import MedpipeError
+from medpipe.errors import Code
 
 METRICS = ("dice", "hd95", "nsd")
 
@@ -87,7 +87,7 @@ def evaluate(
     dev = parsed(wf, "device")
     weights = layout.model_pt
     if not weights.is_file():
-        raise MedpipeError(f"{weights} does not exist: train the bundle first", code="BUNDLE_NO_WEIGHTS")
+        raise Code.BUNDLE_NO_WEIGHTS(f"{weights} does not exist: train the bundle first")
     network.load_state_dict(load_state_dict(weights))
     network.eval()
     post = [t for t in parsed(wf, "postprocessing").transforms if not isinstance(t, (SaveImaged, SaveImage))]
@@ -110,10 +110,9 @@ def evaluate(
         if pred.shape[0] != 1:  # post-processing left probabilities: take the class
             pred = pred.argmax(dim=0, keepdim=True)
         if tuple(pred.shape[1:]) != tuple(label.shape[1:]):
-            raise MedpipeError(
+            raise Code.BUNDLE_GRID_MISMATCH(
                 f"{case}: the bundle's post-processing gives {tuple(pred.shape[1:])}, the label is "
                 f"{tuple(label.shape[1:])}: its postprocessing must invert the preprocessing (Invertd)",
-                code="EVALUATE_GRID_MISMATCH",
             )
         spacing = [float(s) for s in np.linalg.norm(np.asarray(label.affine)[:3, :3], axis=0)]
         p = one_hot(torch.as_tensor(np.asarray(pred))[None].long(), num_classes)

@@ -26,7 +26,7 @@ from medpipe.bundle.layout import BundleLayout
 from medpipe.bundle.workflow import build_workflow, inference_overrides, parsed
 from medpipe.data.checks import check_labelled_cases
 from medpipe.data.manifest import load_manifest
-from medpipe.errors import MedpipeError
+from medpipe.errors import Code
 
 THRESHOLD_FILE = "threshold.json"
 
@@ -132,7 +132,7 @@ def load_classifier(
     network = parsed(wf, "network")
     weights = layout.model_pt
     if not weights.is_file():
-        raise MedpipeError(f"{weights} does not exist: train the bundle first", code="BUNDLE_NO_WEIGHTS")
+        raise Code.BUNDLE_NO_WEIGHTS(f"{weights} does not exist: train the bundle first")
     network.load_state_dict(load_state_dict(weights))
     network.eval()
     thr_file = Path(parsed(wf, "ckpt_dir")) / THRESHOLD_FILE

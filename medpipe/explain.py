@@ -20,7 +20,6 @@ larger than one voxel.
 
 from __future__ import annotations
 
-import difflib
 import json
 import tempfile
 from pathlib import Path
@@ -30,16 +29,12 @@ import numpy as np
 import torch
 
 from medpipe.atomic import atomic_path, atomic_write_text
-from medpipe.errors import BundleError, MedpipeError
+from medpipe.errors import Code, did_you_mean
 
 METHODS = ("gradcam", "gradcampp")
 #: The default target layer is the last one whose feature map is at least this many voxels along every
 #: axis: a 2x2x2 map (the last block of a small crop classifier) localises nothing.
 MIN_CAM_SIZE = 4
-
-
-class ExplainError(MedpipeError, ValueError):
-    code = "EXPLAIN_INVALID"
 
 
 def feature_layers(network: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
@@ -71,18 +66,15 @@ def pick_target_layer(network: torch.nn.Module, x: torch.Tensor, requested: str 
     names = [n for n, _ in network.named_modules() if n]
     if requested:
         if requested not in names:
-            close = difflib.get_close_matches(requested, names, n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise ExplainError(
+            hint = did_you_mean(requested, names, cutoff=0.5)
+            raise Code.EXPLAIN_UNKNOWN_LAYER(
                 f"--target-layer {requested}: the network has no module of that name{hint}",
-                code="EXPLAIN_UNKNOWN_LAYER",
             )
         return requested
     layers = feature_layers(network, x)
     if not layers:
-        raise ExplainError(
+        raise Code.EXPLAIN_UNKNOWN_LAYER(
             "the network produces no spatial feature map for this input; pass --target-layer",
-            code="EXPLAIN_UNKNOWN_LAYER",
         )
     fine = [name for name, size in layers if min(size) >= MIN_CAM_SIZE]
     return fine[-1] if fine else layers[-1][0]
@@ -93,8 +85,8 @@ def _input_path(path: str | Path, tmp: Path) -> tuple[Path, str]:
     text = str(path)
     p = Path(text.split("#")[0]).expanduser()
     if not p.exists():
-        raise ExplainError(
-            f"input {p} does not exist; pass a NIfTI file or a DICOM series folder", code="INPUT_NOT_FOUND"
+        raise Code.INPUT_NOT_FOUND(
+            f"input {p} does not exist; pass a NIfTI file or a DICOM series folder"
         )
     if p.is_file() and p.name.endswith((".nii", ".nii.gz")):
         return p, p.name.split(".nii")[0]
@@ -106,7 +98,7 @@ def _input_path(path: str | Path, tmp: Path) -> tuple[Path, str]:
         out = tmp / f"{vol.stack_id}.nii.gz"
         write_nifti(out, vol.array, vol.affine_ras)
         return out, vol.stack_id
-    raise ExplainError(f"input {p} is neither a .nii/.nii.gz file nor a DICOM folder", code="INPUT_NOT_FOUND")
+    raise Code.INPUT_NOT_FOUND(f"input {p} is neither a .nii/.nii.gz file nor a DICOM folder")
 
 
 def _montage(image: np.ndarray, heat: np.ndarray, path: Path, title: str, n: int = 8) -> None:
@@ -170,11 +162,11 @@ def explain(
     from medpipe.data.nifti import write_nifti
 
     if method not in METHODS:
-        raise ExplainError(f"--method must be one of {METHODS}, got '{method}'", code="EXPLAIN_INVALID")
+        raise Code.EXPLAIN_INVALID(f"--method must be one of {METHODS}, got '{method}'")
     layout = BundleLayout.open(bundle)
     if not layout.model_pt.is_file():
-        raise BundleError(
-            f"{layout.model_pt} does not exist; train the bundle first", code="BUNDLE_NO_WEIGHTS"
+        raise Code.BUNDLE_NO_WEIGHTS(
+            f"{layout.model_pt} does not exist; train the bundle first"
         )
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,9 +177,8 @@ def explain(
         network.load_state_dict(load_state_dict(layout.model_pt))
     except RuntimeError as e:
         detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
-        raise BundleError(
+        raise Code.CHECKPOINT_MISMATCH(
             f"{layout.model_pt} does not fit the bundle's network_def ({detail}); retrain or fix the config",
-            code="CHECKPOINT_MISMATCH",
         ) from None
     network.eval()
     dev = next(network.parameters()).device
@@ -209,17 +200,16 @@ def explain(
     with torch.no_grad():
         logits = network(x)
     if logits.ndim != 2:
-        raise ExplainError(
+        raise Code.EXPLAIN_NOT_CLASSIFIER(
             f"bundle {layout.root.name} outputs shape {tuple(logits.shape)}, not one score per class; "
             "explain works on classifier bundles",
-            code="EXPLAIN_NOT_CLASSIFIER",
         )
     probs = torch.softmax(logits, dim=1)[0].cpu().numpy()
     n_classes = probs.shape[0]
     cls = int(np.argmax(probs)) if class_index is None else int(class_index)
     if not 0 <= cls < n_classes:
-        raise ExplainError(
-            f"--class {cls} is not a class of this network (0..{n_classes - 1})", code="EXPLAIN_INVALID"
+        raise Code.EXPLAIN_INVALID(
+            f"--class {cls} is not a class of this network (0..{n_classes - 1})"
         )
     layer = pick_target_layer(network, x, target_layer)
     cam_cls = GradCAM if method == "gradcam" else GradCAMpp
@@ -240,10 +230,9 @@ def explain(
     for key, m in maps.items():
         arr = _to_input_grid(m, image, preprocessing)
         if arr.shape != ref.shape[:3]:
-            raise ExplainError(
+            raise Code.EXPLAIN_NOT_INVERTIBLE(
                 f"the bundle's preprocessing could not be inverted onto the input grid (got {arr.shape}, input "
                 f"{ref.shape[:3]})",
-                code="EXPLAIN_NOT_INVERTIBLE",
             )
         files[key] = str(write_nifti(out_dir / f"{name}_{key}.nii.gz", arr, ref.affine, dtype=np.float32))
     threshold = None

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from medpipe.atomic import atomic_path, atomic_write_text
+from medpipe.errors import look_up
 from medpipe.evaluate_cls import figures, labelled_entries, load_classifier, predict
 
 #: Default strengths per perturbation; 0 (the clean input) is always scored once.
@@ -70,7 +71,7 @@ def perturbation(kind: str, strength: float, seed: int = 0) -> Callable[[Any, in
             return Rotate(angle=angle, keep_size=True, mode="bilinear", padding_mode="zeros")(image)
 
     else:
-        raise ValueError(f"unknown perturbation {kind!r}; choose from {sorted(STRENGTHS)}")
+        look_up(kind, STRENGTHS, what="perturbation")
     return f
 
 

@@ -18,7 +18,7 @@ from medpipe.bundle.layout import BundleLayout
 from medpipe.bundle.workflow import build_workflow, device_expression, parsed
 from medpipe.data.checks import check_labelled_cases
 from medpipe.data.manifest import load_manifest
-from medpipe.errors import find_medpipe_error
+from medpipe.errors import Code, find_medpipe_error
 from medpipe.perf import tune_malloc
 
 
@@ -66,12 +66,11 @@ def prepare_transfer(
 ) -> None:
     """Load pretrained weights into the built network, freeze, and regroup the optimizer -- after the
     network exists and before the optimizer, LR scheduler and trainer are built from the config."""
-    from medpipe.errors import BundleError
     from medpipe.transfer import freeze as apply_freeze
     from medpipe.transfer import init_from, regroup_optimizer
 
     if not lr_scale > 0:
-        raise BundleError(f"--pretrained-lr-scale must be > 0, got {lr_scale}", code="CONFIG_BAD_OVERRIDE")
+        raise Code.CONFIG_BAD_OVERRIDE(f"--pretrained-lr-scale must be > 0, got {lr_scale}")
     network = parsed(wf, "network")
     pretrained: set[str] = set()
     if source is not None:

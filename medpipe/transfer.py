@@ -19,13 +19,12 @@ Errors (``BundleError``): ``INIT_SOURCE_NOT_FOUND``, ``INIT_NO_MATCHING_LAYERS``
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from medpipe.errors import BundleError
+from medpipe.errors import Code, did_you_mean
 
 #: Names of the final (task-specific) layer of the network families medpipe ships.
 HEAD_NAMES = ("fc", "class_layers", "classifier", "head", "out")
@@ -60,15 +59,13 @@ def resolve_source(source: str | Path) -> Path:
     if p.is_dir():
         ckpt = p / "models" / "model.pt"
         if not ckpt.is_file():
-            raise BundleError(
+            raise Code.INIT_SOURCE_NOT_FOUND(
                 f"--init-from {p} is a folder without models/model.pt; train that bundle first or pass a checkpoint file",
-                code="INIT_SOURCE_NOT_FOUND",
             )
         return ckpt
     if not p.is_file():
-        raise BundleError(
+        raise Code.INIT_SOURCE_NOT_FOUND(
             f"--init-from {p} does not exist; pass a bundle folder or a .pt checkpoint",
-            code="INIT_SOURCE_NOT_FOUND",
         )
     return p
 
@@ -93,11 +90,10 @@ def init_from(network: torch.nn.Module, source: str | Path) -> InitReport:
         (report.skipped if name in src and src[name].shape != value.shape else report.new).append(name)
     if not updated:
         example = next(iter(src), "none")
-        raise BundleError(
+        raise Code.INIT_NO_MATCHING_LAYERS(
             f"--init-from {path}: none of its {len(src)} tensors matches a layer of this network by name and "
             f"shape (source e.g. '{example}', network e.g. '{next(iter(dst), 'none')}'); pass a checkpoint of "
             "the same network family",
-            code="INIT_NO_MATCHING_LAYERS",
         )
     return report
 
@@ -135,16 +131,15 @@ def frozen_parameters(network: torch.nn.Module, spec: str) -> list[str]:
         layer = spec.split(":", 1)[1].strip()
         names = layer_names(network)
         if layer not in names:
-            close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
-            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+            hint = did_you_mean(layer, names, cutoff=0.5).removeprefix("; ")
+            hint = f"{hint} " if hint else ""
             tops = [n for n in names if "." not in n]
-            raise BundleError(
+            raise Code.FREEZE_UNKNOWN_LAYER(
                 f"--freeze until:{layer}: the network has no layer '{layer}'; {hint}top-level layers: {', '.join(tops)}",
-                code="FREEZE_UNKNOWN_LAYER",
             )
         last = max(i for i, n in enumerate(params) if n.startswith(layer + "."))
         return params[: last + 1]
-    raise BundleError(f"--freeze must be none, backbone or until:LAYER, got '{spec}'", code="FREEZE_INVALID")
+    raise Code.FREEZE_INVALID(f"--freeze must be none, backbone or until:LAYER, got '{spec}'")
 
 
 def freeze(network: torch.nn.Module, spec: str) -> tuple[int, int]:
@@ -163,8 +158,8 @@ def regroup_optimizer(
     """Rebuild ``optimizer``'s param groups: trainable pretrained parameters at ``lr * lr_scale``, the
     others at ``lr``; frozen ones dropped. Returns ``(group, n_tensors, lr)`` per group."""
     if optimizer.state:
-        raise BundleError(
-            "the optimizer has already stepped; regroup it before training", code="CONFIG_INVALID"
+        raise Code.CONFIG_INVALID(
+            "the optimizer has already stepped; regroup it before training"
         )
     base = {k: v for k, v in optimizer.param_groups[0].items() if k not in ("params", "initial_lr")}
     lr = float(base["lr"])

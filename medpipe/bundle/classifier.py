@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from medpipe.atomic import atomic_write_text
-from medpipe.errors import BundleError
+from medpipe.errors import Code
 
 
 def check_crop_size(network: torch.nn.Module, crop_size: Any, num_outputs: int | None = None) -> None:
@@ -32,9 +32,8 @@ def check_crop_size(network: torch.nn.Module, crop_size: Any, num_outputs: int |
         if len(size) != 3 or any(v < 1 for v in size) or any(float(v) != int(v) for v in crop_size):
             raise ValueError
     except (TypeError, ValueError):
-        raise BundleError(
+        raise Code.BUNDLE_CROP_SIZE_INVALID(
             f"crop_size={crop_size!r} must be 3 positive integers (voxels), e.g. [32, 32, 32]",
-            code="BUNDLE_CROP_SIZE_INVALID",
         ) from None
     was_training = network.training
     network.eval()
@@ -44,18 +43,16 @@ def check_crop_size(network: torch.nn.Module, crop_size: Any, num_outputs: int |
             x = torch.zeros(1, 1, *size, device=param.device if param is not None else "cpu")
             out = network(x)
     except (RuntimeError, ValueError) as e:
-        raise BundleError(
+        raise Code.BUNDLE_CROP_SIZE_INVALID(
             f"crop_size={size} cannot pass through the network ({type(network).__name__}): "
             f"{str(e).splitlines()[0]}; use a larger crop_size (or a network with less downsampling)",
-            code="BUNDLE_CROP_SIZE_INVALID",
         ) from None
     finally:
         network.train(was_training)
     if num_outputs is not None and tuple(out.shape) != (1, num_outputs):
-        raise BundleError(
+        raise Code.BUNDLE_CROP_SIZE_INVALID(
             f"the network maps a crop of {size} to shape {tuple(out.shape)}, expected (1, {num_outputs}): one "
             "score per class",
-            code="BUNDLE_CROP_SIZE_INVALID",
         )
 
 

@@ -8,14 +8,13 @@ from typing import Any
 import torch
 
 from medpipe.bundle.layout import BundleLayout
-from medpipe.errors import BundleError
+from medpipe.errors import Code
 
 
 def _require_weights(layout: BundleLayout) -> Path:
     if not layout.model_pt.is_file():
-        raise BundleError(
+        raise Code.BUNDLE_NO_WEIGHTS(
             f"{layout.model_pt} does not exist; train the bundle first (medpipe train --bundle {layout.root})",
-            code="BUNDLE_NO_WEIGHTS",
         )
     return layout.model_pt
 
@@ -28,14 +27,13 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise BundleError(
+        raise Code.CHECKPOINT_UNREADABLE(
             f"{path} is not a weights-only PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})",
-            code="CHECKPOINT_UNREADABLE",
         ) from None
     if isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt["model"], dict):
         ckpt = ckpt["model"]
     if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise BundleError(f"{path} holds no state dict of tensors", code="CHECKPOINT_UNREADABLE")
+        raise Code.CHECKPOINT_UNREADABLE(f"{path} holds no state dict of tensors")
     return ckpt
 
 
@@ -87,4 +85,4 @@ def verify_network(bundle: str | Path) -> None:
             bundle_root=str(layout.root),
         )
     except (ValueError, RuntimeError) as e:
-        raise BundleError(f"verify_net_in_out failed: {str(e).splitlines()[0]}", code="BUNDLE_NET_IO_MISMATCH") from e
+        raise Code.BUNDLE_NET_IO_MISMATCH(f"verify_net_in_out failed: {str(e).splitlines()[0]}") from e

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpipe.errors import BundleError
+from medpipe.errors import Code
 
 CONFIG_EXTS = (".json", ".yaml", ".yml")
 #: Layers of each workflow, in merge order (``common`` is optional for bundles that do not split).
@@ -41,17 +41,15 @@ class BundleLayout:
         """Validate that ``path`` is a bundle folder (raises ``BUNDLE_NOT_FOUND``/``BUNDLE_NO_CONFIGS``)."""
         root = Path(path).expanduser()
         if not root.is_dir():
-            raise BundleError(
+            raise Code.BUNDLE_NOT_FOUND(
                 f"bundle folder {root} does not exist; pass --bundle with a folder such as "
                 "bundles/lung_nodule_ct",
-                code="BUNDLE_NOT_FOUND",
             )
         configs = root / "configs"
         if not configs.is_dir() or not any(p.suffix in CONFIG_EXTS for p in configs.iterdir()):
-            raise BundleError(
+            raise Code.BUNDLE_NO_CONFIGS(
                 f"{root} has no configs/ folder with .json/.yaml configs; a bundle needs at least "
                 "configs/metadata.json and a workflow config (see docs/bundle_authoring.md)",
-                code="BUNDLE_NO_CONFIGS",
             )
         return cls(root.resolve())
 
@@ -71,9 +69,8 @@ class BundleLayout:
         """``configs/<name>.*``, raising ``BUNDLE_MISSING_CONFIG`` if the bundle lacks it."""
         p = self.find_config(name)
         if p is None:
-            raise BundleError(
+            raise Code.BUNDLE_MISSING_CONFIG(
                 f"bundle {self.root.name} has no configs/{name}.json (or .yaml); it is needed for this command",
-                code="BUNDLE_MISSING_CONFIG",
             )
         return p
 

@@ -9,7 +9,6 @@ are kept as strings, as MONAI expects.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -18,7 +17,7 @@ import yaml
 from monai.bundle import ConfigParser
 from monai.bundle.utils import ID_SEP_KEY
 
-from medpipe.errors import BundleError
+from medpipe.errors import Code, did_you_mean
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -42,9 +41,8 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("#", ID_SEP_KEY)
         if not sep or not key:
-            raise BundleError(
+            raise Code.CONFIG_BAD_OVERRIDE(
                 f"override '{pair}' is not of the form ID=VALUE (e.g. train::dataloader::batch_size=4)",
-                code="CONFIG_BAD_OVERRIDE",
             )
         out[key] = parse_value(value.strip())
     return out
@@ -72,6 +70,6 @@ def check_override_ids(parser: ConfigParser, overrides: dict[str, Any], allow_ne
         if key in allowed or key in parser:
             continue
         ids = ids if ids is not None else sorted(set(iter_ids(parser.get())))
-        close = difflib.get_close_matches(key, ids, n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise BundleError(f"config id '{key}' does not exist in this bundle's configs{hint}", code="CONFIG_UNKNOWN_ID")
+        raise Code.CONFIG_UNKNOWN_ID(
+            f"config id '{key}' does not exist in this bundle's configs{did_you_mean(key, ids)}"
+        )

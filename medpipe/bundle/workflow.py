@@ -19,7 +19,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medpipe.bundle.layout import BundleLayout
 from medpipe.bundle.overrides import check_override_ids
-from medpipe.errors import BundleError, find_medpipe_error
+from medpipe.errors import BundleError, Code, find_medpipe_error
 
 #: Ids medpipe may set even when a bundle's config does not define them.
 MEDPIPE_IDS = ("bundle_root",)
@@ -45,13 +45,12 @@ def device_expression(device: str) -> str:
     dev = device.strip().lower()
     if dev.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise BundleError(
+            raise Code.DEVICE_UNAVAILABLE(
                 f"--device {device} asked for CUDA but torch sees no CUDA device here "
                 f"(torch {torch.__version__}); use --device cpu",
-                code="DEVICE_UNAVAILABLE",
             )
     elif dev != "cpu":
-        raise BundleError(f"--device must be cpu, cuda or cuda:N, got '{device}'", code="DEVICE_INVALID")
+        raise Code.DEVICE_INVALID(f"--device must be cpu, cuda or cuda:N, got '{device}'")
     return f"$torch.device('{dev}')"
 
 
@@ -79,7 +78,7 @@ def config_error(exc: BaseException) -> BundleError | None:
         return None
     root = messages[-1]
     where = next((m for m in reversed(messages) if m.startswith("Failed to")), messages[0])
-    return BundleError(f"{where} -> {root}", code="CONFIG_INVALID")
+    return Code.CONFIG_INVALID(f"{where} -> {root}")
 
 
 def build_workflow(
@@ -121,10 +120,9 @@ def build_workflow(
         quiet.setLevel(previous)
     missing = missing_properties(wf.parser, "train" if workflow == "train" else "infer")
     if missing:
-        raise BundleError(
+        raise Code.BUNDLE_MISSING_PROPERTIES(
             f"bundle {layout.root.name} lacks the {workflow} properties {missing} that MONAI's bundle "
             "specification requires (see monai.bundle.properties)",
-            code="BUNDLE_MISSING_PROPERTIES",
         )
     return wf
 

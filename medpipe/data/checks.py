@@ -16,7 +16,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from medpipe.errors import ManifestError
+from medpipe.errors import Code
 
 MAX_LISTED = 10
 
@@ -56,14 +56,12 @@ def check_labelled_cases(entries: Sequence[dict[str, Any]], num_classes: int, *,
         if unexpected:
             values.append(f"{_case(entry)} (values {unexpected[:5]})")
     if geometry:
-        raise ManifestError(
+        raise Code.DATA_GEOMETRY_MISMATCH(
             f"{len(geometry)} case(s) of split '{split}' have image and label on different grids: "
             f"{_listing(geometry)}",
-            code="DATA_GEOMETRY_MISMATCH",
         )
     if values:
-        raise ManifestError(
+        raise Code.DATA_UNEXPECTED_LABELS(
             f"{len(values)} case(s) of split '{split}' have label values outside 0..{num_classes - 1}: "
             f"{_listing(values)}",
-            code="DATA_UNEXPECTED_LABELS",
         )

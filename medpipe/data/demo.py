@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from medpipe.errors import DataGenerationError
+from medpipe.errors import Code
 
 GENERATOR_NAME = "lung_nodule_ct_demo"
 #: Bump when the phantom recipe or layout changes: existing generated folders are then rebuilt.
@@ -190,7 +190,7 @@ def write_generated(
         tmp.rename(root)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataGenerationError(f"could not write {what} to {root}: {e}") from e
+        raise Code.DATA_GENERATION_FAILED(f"could not write {what} to {root}: {e}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -208,10 +208,9 @@ def already_generated(root: Path, version: int, splits: Mapping[str, int]) -> bo
             made = {}
         return made.get("version") == version and made.get("splits") == dict(splits)
     if root.exists() and any(root.iterdir()):
-        raise DataGenerationError(
+        raise Code.DATA_DIR_CONFLICT(
             f"{root} exists and was not made by medpipe's generator; move it away or set dataset_dir "
             "to your own data",
-            code="DATA_DIR_CONFLICT",
         )
     return False
 
@@ -224,16 +223,14 @@ def ensure_generated(generator: Mapping[str, Any], root: str | Path) -> Path:
     if name == nodule_crops.GENERATOR_NAME:  # the malignancy classifier's synthetic nodule crops
         return nodule_crops.ensure_generated(generator, root)
     if name != GENERATOR_NAME:
-        raise DataGenerationError(
+        raise Code.DATA_UNKNOWN_GENERATOR(
             f"unknown data generator '{name}' in manifest; this medpipe knows '{GENERATOR_NAME}'",
-            code="DATA_UNKNOWN_GENERATOR",
         )
     version = int(generator.get("version", GENERATOR_VERSION))
     if version != GENERATOR_VERSION:
-        raise DataGenerationError(
+        raise Code.DATA_GENERATOR_VERSION(
             f"manifest asks for {name} version {version} but this medpipe makes version "
             f"{GENERATOR_VERSION}; regenerate the manifest with this medpipe",
-            code="DATA_GENERATOR_VERSION",
         )
     splits = generator.get("splits", DEFAULT_SPLITS)
     root = Path(root)

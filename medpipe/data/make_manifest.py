@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.atomic import atomic_write_text
-from medpipe.errors import ManifestError
+from medpipe.errors import Code
 
 NIFTI = (".nii.gz", ".nii")
 
@@ -25,7 +25,7 @@ def case_number(path: str) -> int:
     """The case number in an MSD file name: ``./imagesTr/hippocampus_015.nii.gz`` -> 15."""
     match = re.search(r"(\d+)(?:_\d{4})?\.nii(?:\.gz)?$", path)
     if match is None:
-        raise ManifestError(f"no case number in {Path(path).name!r}", code="MANIFEST_INVALID")
+        raise Code.MANIFEST_INVALID(f"no case number in {Path(path).name!r}")
     return int(match.group(1))
 
 
@@ -38,8 +38,8 @@ def _split(
     random.Random(seed).shuffle(order)
     if folds:
         if not 2 <= folds <= len(rest) or not 0 <= fold < folds:
-            raise ManifestError(
-                f"--folds {folds} --fold {fold} is not a valid choice", code="MANIFEST_INVALID"
+            raise Code.MANIFEST_INVALID(
+                f"--folds {folds} --fold {fold} is not a valid choice"
             )
         for rank, i in enumerate(order):
             rest[i] = {**rest[i], "fold": rank % folds}
@@ -72,21 +72,20 @@ def msd_manifest(
     dataset_dir, output = Path(dataset_dir), Path(output)
     meta_path = dataset_dir / "dataset.json"
     if not meta_path.is_file():
-        raise ManifestError(
-            f"{meta_path} does not exist (an MSD task folder has one)", code="MANIFEST_NOT_FOUND"
+        raise Code.MANIFEST_NOT_FOUND(
+            f"{meta_path} does not exist (an MSD task folder has one)"
         )
     try:
         meta = json.loads(meta_path.read_text())
         pairs = [{"image": e["image"], "label": e["label"]} for e in meta["training"]]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ManifestError(f"{meta_path} is not an MSD dataset.json ({e})", code="MANIFEST_INVALID") from e
+        raise Code.MANIFEST_INVALID(f"{meta_path} is not an MSD dataset.json ({e})") from e
     pairs = [{k: v.removeprefix("./") for k, v in p.items()} for p in pairs]
     missing = [p[k] for p in pairs for k in ("image", "label") if not (dataset_dir / p[k]).is_file()]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise ManifestError(
+        raise Code.MANIFEST_MISSING_FILES(
             f"{len(missing)} files listed in dataset.json are missing: {', '.join(missing[:5])}{more}",
-            code="MANIFEST_MISSING_FILES",
         )
     content = {
         "name": meta.get("name", dataset_dir.name),
@@ -114,7 +113,7 @@ def _stem(path: Path) -> str:
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
-        raise ManifestError(f"{folder} is not a folder", code="MANIFEST_NOT_FOUND")
+        raise Code.MANIFEST_NOT_FOUND(f"{folder} is not a folder")
     files = sorted(
         p for p in folder.iterdir() if p.name.lower().endswith(NIFTI) and not p.name.startswith(".")
     )
@@ -139,7 +138,7 @@ def folder_manifest(
     images_dir, output = Path(images_dir), Path(output)
     images = _nifti_files(images_dir)
     if not images:
-        raise ManifestError(f"no .nii/.nii.gz files in {images_dir}", code="MANIFEST_EMPTY_SPLIT")
+        raise Code.MANIFEST_EMPTY_SPLIT(f"no .nii/.nii.gz files in {images_dir}")
     root = Path(
         os.path.commonpath([images_dir.resolve()] + ([Path(labels_dir).resolve()] if labels_dir else []))
     )
@@ -152,8 +151,8 @@ def folder_manifest(
         side = {k: ("image without label" if k in images else "label without image") for k in unpaired}
         shown = ", ".join(f"{k} ({v})" for k, v in list(side.items())[:10])
         more = f" and {len(unpaired) - 10} more" if len(unpaired) > 10 else ""
-        raise ManifestError(
-            f"{len(unpaired)} case(s) cannot be paired by file name: {shown}{more}", code="MANIFEST_UNPAIRED"
+        raise Code.MANIFEST_UNPAIRED(
+            f"{len(unpaired)} case(s) cannot be paired by file name: {shown}{more}"
         )
     entries = [
         {

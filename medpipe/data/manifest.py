@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medpipe.errors import ManifestError
+from medpipe.errors import Code
 
 #: Splits a manifest may define, in the order they are reported.
 SPLITS = ("training", "validation", "test")
@@ -72,16 +72,14 @@ class Manifest:
         """Entries of split ``name`` with absolute paths; raises if the split is empty or files are missing."""
         if name not in self.content:
             known = ", ".join(self.split_names()) or "none"
-            raise ManifestError(
+            raise Code.MANIFEST_UNKNOWN_SPLIT(
                 f"manifest {self.path} has no split '{name}' (it has: {known}); "
                 f"add a '{name}' list or choose another split",
-                code="MANIFEST_UNKNOWN_SPLIT",
             )
         entries = self.content[name]
         if not entries:
-            raise ManifestError(
+            raise Code.MANIFEST_EMPTY_SPLIT(
                 f"split '{name}' of manifest {self.path} is empty; add at least one case",
-                code="MANIFEST_EMPTY_SPLIT",
             )
         root = self.dataset_dir(dataset_dir)
         if self.generator and root == self.dataset_dir():
@@ -93,10 +91,9 @@ class Manifest:
         for i, entry in enumerate(entries):
             absent = [k for k in required_keys if k not in entry]
             if absent:
-                raise ManifestError(
+                raise Code.MANIFEST_INVALID(
                     f"entry {i} of split '{name}' in {self.path} lacks key(s) {absent}; "
                     f"every entry needs {list(required_keys)}",
-                    code="MANIFEST_INVALID",
                 )
             item = dict(entry)
             for key in PATH_KEYS:
@@ -110,10 +107,9 @@ class Manifest:
         if missing:
             shown = ", ".join(missing[:MAX_LISTED])
             more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
-            raise ManifestError(
+            raise Code.MANIFEST_MISSING_FILES(
                 f"{len(missing)} file(s) of split '{name}' in {self.path} do not exist: {shown}{more}; "
                 f"paths are resolved against {root} (set dataset_dir to where the data is)",
-                code="MANIFEST_MISSING_FILES",
             )
         return resolved
 
@@ -122,33 +118,29 @@ def load_manifest(path: str | Path) -> Manifest:
     """Read and structurally validate a manifest file."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ManifestError(
+        raise Code.MANIFEST_NOT_FOUND(
             f"manifest file {p} does not exist; pass --manifest with the path of a datalist JSON",
-            code="MANIFEST_NOT_FOUND",
         )
     try:
         content = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"manifest {p} is not valid JSON ({e})", code="MANIFEST_INVALID") from None
+        raise Code.MANIFEST_INVALID(f"manifest {p} is not valid JSON ({e})") from None
     if not isinstance(content, dict):
-        raise ManifestError(
+        raise Code.MANIFEST_INVALID(
             f"manifest {p} must be a JSON object with 'training'/'validation'/'test' lists, "
             f"got {type(content).__name__}",
-            code="MANIFEST_INVALID",
         )
     if not any(s in content for s in SPLITS):
-        raise ManifestError(
+        raise Code.MANIFEST_INVALID(
             f"manifest {p} has none of the splits {list(SPLITS)}; keys found: {sorted(content)[:8]}",
-            code="MANIFEST_INVALID",
         )
     for s in SPLITS:
         if s in content and not (
             isinstance(content[s], list) and all(isinstance(e, dict) for e in content[s])
         ):
-            raise ManifestError(
+            raise Code.MANIFEST_INVALID(
                 f"split '{s}' of manifest {p} must be a list of objects like "
                 '{"image": "...", "label": "..."}',
-                code="MANIFEST_INVALID",
             )
     return Manifest(path=p.resolve(), content=content)
 
@@ -182,18 +174,16 @@ def inference_inputs(
         if root.is_file() and root.name.endswith(NIFTI_SUFFIXES):
             return [{"image": str(root.resolve())}]
         if not root.is_dir():
-            raise ManifestError(
+            raise Code.INPUT_NOT_FOUND(
                 f"input {root} is neither a folder nor a NIfTI file; pass --dataset_dir with a folder of "
                 ".nii/.nii.gz images",
-                code="INPUT_NOT_FOUND",
             )
         files = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
         if not files:
-            raise ManifestError(
+            raise Code.INPUT_NO_IMAGES(
                 f"folder {root} holds no .nii/.nii.gz files; DICOM folders go through 'medpipe infer'",
-                code="INPUT_NO_IMAGES",
             )
         return [{"image": str(p.resolve())} for p in files]
     if manifest in (None, ""):
-        raise ManifestError("no input: set dataset_dir (a folder of NIfTI images) or manifest", code="INPUT_NOT_FOUND")
+        raise Code.INPUT_NOT_FOUND("no input: set dataset_dir (a folder of NIfTI images) or manifest")
     return [{"image": e["image"]} for e in load_split(manifest, split, keys=("image",))]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from medpipe.atomic import atomic_path, atomic_write_text
-from medpipe.errors import ManifestError
+from medpipe.errors import Code
 
 #: npz split prefix -> manifest split.
 NPZ_SPLITS = {"train": "training", "val": "validation", "test": "test"}
@@ -91,9 +91,8 @@ def _arrays(path: str, mtime: float) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ManifestError(
+        raise Code.MEDMNIST_UNREADABLE(
             f"{path} is not a readable npz archive ({type(e).__name__}: {e}); download it again",
-            code="MEDMNIST_UNREADABLE",
         ) from None
 
 
@@ -101,25 +100,23 @@ def read_npz(path: str | Path, num_classes: int | None = None) -> dict[str, Any]
     """Read and check a MedMNIST 3D archive; returns ``{"flag", "labels", "splits": {split: (images, labels)}}``."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ManifestError(
-            f"{p} does not exist; pass the path of a MedMNIST .npz", code="MEDMNIST_UNREADABLE"
+        raise Code.MEDMNIST_UNREADABLE(
+            f"{p} does not exist; pass the path of a MedMNIST .npz"
         )
     arrays = _arrays(str(p.resolve()), p.stat().st_mtime)
     expected = [f"{s}_{kind}" for s in NPZ_SPLITS for kind in ("images", "labels")]
     missing = [k for k in expected if k not in arrays]
     if missing:
-        raise ManifestError(
+        raise Code.MEDMNIST_MISSING_KEYS(
             f"{p.name} lacks the key(s) {missing} of a MedMNIST archive (it has {sorted(arrays)[:8]}); "
             "expected {train,val,test}_{images,labels}",
-            code="MEDMNIST_MISSING_KEYS",
         )
     flag = dataset_flag(p)
     if num_classes is None:
         if flag is None:
-            raise ManifestError(
+            raise Code.MEDMNIST_UNKNOWN_DATASET(
                 f"cannot tell the number of classes of {p.name}: its name is none of "
                 f"{sorted(DATASETS)}; pass --num-classes",
-                code="MEDMNIST_UNKNOWN_DATASET",
             )
         num_classes = len(DATASETS[flag]["labels"])
     names = DATASETS[flag]["labels"] if flag and len(DATASETS[flag]["labels"]) == num_classes else None
@@ -127,26 +124,23 @@ def read_npz(path: str | Path, num_classes: int | None = None) -> dict[str, Any]
     for s in NPZ_SPLITS:
         images, labels = arrays[f"{s}_images"], arrays[f"{s}_labels"]
         if images.ndim != 4 or len(set(images.shape[1:])) != 1:
-            raise ManifestError(
+            raise Code.MEDMNIST_BAD_SHAPE(
                 f"{p.name}: {s}_images has shape {images.shape}; a MedMNIST 3D archive holds (N, D, D, D) cubes",
-                code="MEDMNIST_BAD_SHAPE",
             )
         labels = labels.reshape(len(labels), -1) if labels.ndim else labels
         if labels.ndim != 2 or labels.shape != (images.shape[0], 1):
-            raise ManifestError(
+            raise Code.MEDMNIST_BAD_SHAPE(
                 f"{p.name}: {s}_labels has shape {arrays[f'{s}_labels'].shape} for {images.shape[0]} images; "
                 "expected one label per image, (N, 1)",
-                code="MEDMNIST_BAD_SHAPE",
             )
         values = labels[:, 0]
         bad = sorted(
             {int(v) for v in np.unique(values) if not (float(v).is_integer() and 0 <= v < num_classes)}
         )
         if bad:
-            raise ManifestError(
+            raise Code.MEDMNIST_UNEXPECTED_LABELS(
                 f"{p.name}: {s}_labels hold {bad[:5]} outside the {num_classes} declared classes "
                 f"0..{num_classes - 1}; pass the right --num-classes or fix the labels",
-                code="MEDMNIST_UNEXPECTED_LABELS",
             )
         splits[s] = (images, values.astype(int))
     return {"flag": flag, "num_classes": num_classes, "labels": names, "splits": splits}
@@ -228,9 +222,8 @@ def npz_case(path: str | Path, split: str, index: int) -> np.ndarray:
     arrays = _arrays(str(p.resolve()), p.stat().st_mtime)
     key = f"{split}_images"
     if key not in arrays or not 0 <= int(index) < len(arrays[key]):
-        raise ManifestError(
+        raise Code.MANIFEST_INVALID(
             f"{p.name} has no case {split}/{index}; rebuild the manifest with 'medpipe manifest medmnist'",
-            code="MANIFEST_INVALID",
         )
     return arrays[key][int(index)]
 

@@ -15,15 +15,9 @@ import numpy as np
 import numpy.typing as npt
 
 from medpipe.atomic import atomic_path
-from medpipe.errors import MedpipeError
+from medpipe.errors import Code
 
-__all__ = ["NiftiError", "validate_nifti", "write_nifti"]
-
-
-class NiftiError(MedpipeError, ValueError):
-    """A NIfTI file that cannot be used as a volume."""
-
-    code = "NIFTI_INVALID"
+__all__ = ["validate_nifti", "write_nifti"]
 
 
 def write_nifti(
@@ -66,23 +60,22 @@ def validate_nifti(path: str | Path) -> nib.Nifti1Image:
         image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
     except Exception as e:  # nibabel raises many types on a corrupt or truncated file
-        raise NiftiError(
-            f"{name} cannot be read as NIfTI ({type(e).__name__}: {e})", code="NIFTI_UNREADABLE"
+        raise Code.NIFTI_UNREADABLE(
+            f"{name} cannot be read as NIfTI ({type(e).__name__}: {e})"
         ) from e
     shape = data.shape
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) != 3:
-        raise NiftiError(f"{name} has shape {data.shape}; a 3-D volume is expected", code="NIFTI_NOT_3D")
+        raise Code.NIFTI_NOT_3D(f"{name} has shape {data.shape}; a 3-D volume is expected")
     header = image.header
     if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
-        raise NiftiError(
+        raise Code.NIFTI_NO_ORIENTATION(
             f"{name} has qform_code = sform_code = 0: its orientation in the patient is unknown",
-            code="NIFTI_NO_ORIENTATION",
         )
     affine = image.affine
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise NiftiError(f"{name} has a singular or non-finite affine", code="NIFTI_BAD_AFFINE")
+        raise Code.NIFTI_BAD_AFFINE(f"{name} has a singular or non-finite affine")
     if data.dtype.kind == "f" and not np.isfinite(data).all():
-        raise NiftiError(f"{name} holds NaN or infinite voxels", code="NIFTI_NONFINITE")
+        raise Code.NIFTI_NONFINITE(f"{name} holds NaN or infinite voxels")
     return nib.Nifti1Image(data.reshape(shape), affine, header)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from medpipe.errors import DataGenerationError
+from medpipe.errors import Code
 
 GENERATOR_NAME = "lung_nodule_malignancy_ct_demo"
 #: Bump when the recipe changes: existing generated folders are then rebuilt.
@@ -109,8 +109,8 @@ def make_crop(seed: int, label: int) -> tuple[np.ndarray, np.ndarray, dict[str, 
     from medpipe.data.phantom import _capsule_sd, _correlated_noise, _Grid, _NoduleShape, _smooth_field
 
     if label not in (0, 1):
-        raise DataGenerationError(
-            f"label={label!r} must be 0 (benign) or 1 (malignant)", code="PHANTOM_INVALID_SPEC"
+        raise Code.PHANTOM_INVALID_SPEC(
+            f"label={label!r} must be 0 (benign) or 1 (malignant)"
         )
     rng = _case_rng(seed, label)
     g = _Grid(PATCH_SHAPE, PATCH_SPACING)
@@ -295,10 +295,9 @@ def ensure_generated(generator: Mapping[str, Any], root: str | Path) -> Path:
     """Make sure the crops a manifest's ``generator`` describes exist in ``root``."""
     version = int(generator.get("version", GENERATOR_VERSION))
     if version != GENERATOR_VERSION:
-        raise DataGenerationError(
+        raise Code.DATA_GENERATOR_VERSION(
             f"manifest asks for {GENERATOR_NAME} version {version} but this medpipe makes version "
             f"{GENERATOR_VERSION}; regenerate the manifest with this medpipe",
-            code="DATA_GENERATOR_VERSION",
         )
     splits = dict(generator.get("splits", DEFAULT_SPLITS))
     from medpipe.data.demo import already_generated

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from medpipe.errors import DataGenerationError
+from medpipe.errors import Code, DataGenerationError
 
 __all__ = ["NODULE_KINDS", "NODULE_SHAPES", "Nodule", "PhantomCase", "PhantomSpec", "generate_phantom"]
 
@@ -51,7 +51,7 @@ _TEXTURE = np.array([0, 4, 10, 8, 10, 18, 5, 4, 0, 6, 6, 6, 60, 45, 6, 4, 12, 10
 
 
 def _spec_error(message: str) -> DataGenerationError:
-    return DataGenerationError(message, code="PHANTOM_INVALID_SPEC")
+    return Code.PHANTOM_INVALID_SPEC(message)
 
 
 def _as_tuple(value: object, n: int, name: str, cast: Callable) -> tuple:
@@ -629,10 +629,10 @@ def _place_nodules(rng: np.random.Generator, g: _Grid, spec: PhantomSpec, lung: 
             nod = _try_place(rng, g, lung, dist, offset, block, diameter, shape, margin, gap, placed)
             if nod is None:
                 if diameter <= d_lo + 1e-9:
-                    raise DataGenerationError(
+                    raise Code.PHANTOM_NODULE_PLACEMENT(
                         f"cannot fit {n} nodules of {spec.nodule_diameter_mm} mm in the lungs of a "
                         f"{spec.shape} grid at {spec.spacing} mm; use fewer or smaller nodules or a larger "
-                        "field of view", code="PHANTOM_NODULE_PLACEMENT")
+                        "field of view")
                 diameter = max(d_lo, diameter * 0.85)
         placed.append((nod, kind))
     return placed
@@ -705,8 +705,7 @@ def generate_phantom(seed: int, spec: PhantomSpec | None = None) -> PhantomCase:
     a non-negative integer and (``PHANTOM_NODULE_PLACEMENT``) when the nodules cannot fit in the lungs.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataGenerationError(f"seed={seed!r} must be a non-negative integer",
-                                  code="PHANTOM_INVALID_SEED")
+        raise Code.PHANTOM_INVALID_SEED(f"seed={seed!r} must be a non-negative integer")
     spec = PhantomSpec() if spec is None else spec
     g = _Grid(spec.shape, spec.spacing)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(5)]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medpipe.errors import DicomError
+from medpipe.errors import Code
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,8 @@ def _unit_cosines(orientation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
         # Unit length within 1 % (DICOM writes rounded cosines), orthogonal within ~0.6 degrees.
         valid = abs(row_n - 1) < 0.01 and abs(col_n - 1) < 0.01 and abs(np.dot(row, col)) < 1e-2
     if not valid:
-        raise DicomError(
+        raise Code.DICOM_INVALID_ORIENTATION(
             f"ImageOrientationPatient {np.round(orientation, 4).tolist()} is not two orthogonal unit vectors",
-            code="DICOM_INVALID_ORIENTATION",
         )
     row, col = row / row_n, col / col_n
     col = col - np.dot(col, row) * row  # remove the few-1e-4 non-orthogonality of rounded cosines
@@ -124,43 +123,40 @@ def stack_geometry(
     pixel_spacings = np.asarray(pixel_spacings, dtype=float).reshape(-1, 2)
     n = len(positions)
     if not (len(orientations) == len(pixel_spacings) == n):
-        raise DicomError(
-            "positions, orientations and pixel spacings differ in count", code="DICOM_NO_GEOMETRY"
+        raise Code.DICOM_NO_GEOMETRY(
+            "positions, orientations and pixel spacings differ in count"
         )
     if n == 0:
-        raise DicomError("no slices", code="DICOM_TOO_FEW_SLICES")
+        raise Code.DICOM_TOO_FEW_SLICES("no slices")
     if not (
         np.isfinite(positions).all() and np.isfinite(orientations).all() and np.isfinite(pixel_spacings).all()
     ):
-        raise DicomError("non-finite position, orientation or pixel spacing", code="DICOM_NO_GEOMETRY")
+        raise Code.DICOM_NO_GEOMETRY("non-finite position, orientation or pixel spacing")
     if (pixel_spacings <= 0).any():
-        raise DicomError(
-            f"PixelSpacing must be positive, found {pixel_spacings.min():g}", code="DICOM_NO_GEOMETRY"
+        raise Code.DICOM_NO_GEOMETRY(
+            f"PixelSpacing must be positive, found {pixel_spacings.min():g}"
         )
 
     spread = np.abs(orientations - orientations[0]).max()
     if spread > 1e-3:
         labels = sorted({orientation_label(o) for o in np.round(orientations, 3)})
-        raise DicomError(
+        raise Code.DICOM_MIXED_ORIENTATION(
             f"the slices have {len({tuple(o) for o in np.round(orientations, 3)})} different orientations "
             f"({', '.join(labels)}); `medpipe dicom ls` splits such a series into one stack per orientation: "
             "load one stack by its id",
-            code="DICOM_MIXED_ORIENTATION",
         )
     if np.abs(pixel_spacings - pixel_spacings[0]).max() > 1e-4 * pixel_spacings[0].max():
-        raise DicomError(
+        raise Code.DICOM_INCONSISTENT_SLICES(
             "the slices have different PixelSpacing "
             f"({np.unique(np.round(pixel_spacings, 4), axis=0).tolist()}); they cannot share one grid",
-            code="DICOM_INCONSISTENT_SLICES",
         )
     row, col, normal = _unit_cosines(orientations.mean(axis=0))
     spacing_rc = (float(pixel_spacings[0, 0]), float(pixel_spacings[0, 1]))
 
     if n < options.min_slices:
-        raise DicomError(
+        raise Code.DICOM_TOO_FEW_SLICES(
             f"{n} slice{'s' if n != 1 else ''}, fewer than min_slices={options.min_slices} (with so few a "
             "missing slice cannot be detected); pass --min-slices (min_slices=) to accept it",
-            code="DICOM_TOO_FEW_SLICES",
         )
     proj = positions @ normal
     order = np.argsort(proj, kind="stable")
@@ -174,11 +170,10 @@ def stack_geometry(
     dup_tol = max(1e-3, 0.01 * extent / (n - 1))
     dup = np.flatnonzero(steps < dup_tol)
     if dup.size:
-        raise DicomError(
+        raise Code.DICOM_DUPLICATE_POSITION(
             f"{dup.size + 1} or more slices share a position (e.g. {_fmt(proj[dup[0]])} mm along the normal, "
             f"{n} slices in all): the series holds several images per location (echoes, phases or repeated "
             "acquisitions); select one set of images per location before loading",
-            code="DICOM_DUPLICATE_POSITION",
         )
     mean_step = extent / (n - 1)
 
@@ -190,11 +185,10 @@ def stack_geometry(
     if drift > options.tilt_tolerance * min(spacing_rc):
         tilt = float(np.degrees(np.arctan2(np.linalg.norm(in_plane[-1]), proj[-1] - proj[0])))
         if not options.correct_tilt:
-            raise DicomError(
+            raise Code.DICOM_GANTRY_TILT(
                 f"slice origins drift {_fmt(drift)} mm within the slice plane over {_fmt(extent)} mm: gantry tilt "
                 f"of {tilt:.1f} degrees; pass --correct-tilt (correct_tilt=True) to resample onto a rectilinear "
                 "grid as dcm2niix does",
-                code="DICOM_GANTRY_TILT",
             )
 
     # Regular spacing: every slice within tolerance of the line proj[0] + k * mean_step.
@@ -211,18 +205,17 @@ def stack_geometry(
                 f"{missing} slice{'s are' if missing > 1 else ' is'} missing: {n} slices {_fmt(small)} mm apart "
                 f"with {int((np.round(ratios) >= 2).sum())} gap(s) of up to {_fmt(steps.max())} mm"
             )
-            code = "DICOM_MISSING_SLICES"
+            code = Code.DICOM_MISSING_SLICES
         else:
             msg = (
                 f"slice spacing varies from {_fmt(small)} to {_fmt(steps.max())} mm (median {_fmt(np.median(steps))} mm, "
                 f"tolerance {options.spacing_tolerance:.0%} of a slice)"
             )
-            code = "DICOM_INCONSISTENT_SPACING"
+            code = Code.DICOM_INCONSISTENT_SPACING
         if not options.resample_gaps:
-            raise DicomError(
+            raise code(
                 f"{msg}; re-export the complete series, or pass --resample-gaps (resample_gaps=True) to "
-                "interpolate onto equidistant slices",
-                code=code,
+                "interpolate onto equidistant slices"
             )
         notes.append(f"{code}: {msg}; resampled")
     if tilt:

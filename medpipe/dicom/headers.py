@@ -22,6 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from medpipe.errors import Code
+
 #: File suffixes that announce DICOM: a file with one of these that does not parse is reported, not ignored.
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima", ".dc3"}
 
@@ -159,11 +161,11 @@ def _expected_pixel_bytes(ds: Dataset) -> int:
 def _pixel_problem(ds: Dataset, offset: int | None, size: int, transfer_syntax: str) -> str | None:
     """Detect a missing or truncated Pixel Data element without reading it."""
     if offset is None or size - offset < 8:
-        return "DICOM_NO_PIXEL_DATA"
+        return Code.DICOM_NO_PIXEL_DATA
     if transfer_syntax in NATIVE_TRANSFER_SYNTAXES:
         header = 8 if transfer_syntax == "1.2.840.10008.1.2" else 12
         if size - offset - header < _expected_pixel_bytes(ds):
-            return "DICOM_CORRUPT_FILE"
+            return Code.DICOM_CORRUPT_FILE
     return None
 
 
@@ -204,7 +206,7 @@ def read_file(path: str) -> FileResult:
             ds, offset, size = _read_dataset(path)
     except Exception as e:  # pydicom raises many types on garbage: all mean "unusable file"
         if announced:
-            result.problem = FileProblem(path, "DICOM_CORRUPT_FILE", f"cannot parse ({type(e).__name__})")
+            result.problem = FileProblem(path, Code.DICOM_CORRUPT_FILE, f"cannot parse ({type(e).__name__})")
         else:
             result.skipped = "not DICOM"
         return result
@@ -215,7 +217,7 @@ def read_file(path: str) -> FileResult:
     if "SeriesInstanceUID" not in ds or "SOPInstanceUID" not in ds:
         if announced or len(ds) > 3:
             result.problem = FileProblem(
-                path, "DICOM_CORRUPT_FILE", "not a DICOM image (no Series/SOP Instance UID)"
+                path, Code.DICOM_CORRUPT_FILE, "not a DICOM image (no Series/SOP Instance UID)"
             )
         else:
             result.skipped = "not DICOM"
@@ -227,7 +229,7 @@ def read_file(path: str) -> FileResult:
         result.slices = _slices_of(ds, path, offset, size, sop_class)
     except Exception as e:  # malformed values deep in a sequence: this file is unusable, the scan goes on
         result.problem = FileProblem(
-            path, "DICOM_CORRUPT_FILE", f"malformed header ({type(e).__name__}: {e})"
+            path, Code.DICOM_CORRUPT_FILE, f"malformed header ({type(e).__name__}: {e})"
         )
     return result
 
@@ -259,7 +261,7 @@ def _slices_of(ds: Dataset, path: str, offset: int | None, size: int, sop_class:
     if shared is None and per_frame is None:
         if n_frames > 1:
             # Legacy multi-frame (NM, US, old MR): one geometry for all frames, no per-frame positions.
-            common["problem"] = common["problem"] or "DICOM_NO_GEOMETRY"
+            common["problem"] = common["problem"] or Code.DICOM_NO_GEOMETRY
         return [
             SliceHeader(
                 frame=None if n_frames == 1 else 0,

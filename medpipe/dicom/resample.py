@@ -45,7 +45,7 @@ import math
 
 import numpy as np
 
-from medpipe.errors import DicomError
+from medpipe.errors import Code, DicomError
 
 __all__ = ["resample_to_regular_grid"]
 
@@ -56,7 +56,7 @@ _MAX_SLICE_FACTOR = 2
 
 
 def _invalid(message: str) -> DicomError:
-    return DicomError(message, code="DICOM_RESAMPLE_INVALID_INPUT")
+    return Code.DICOM_RESAMPLE_INVALID_INPUT(message)
 
 
 def _unit(vector: np.ndarray, name: str) -> np.ndarray:

@@ -32,7 +32,7 @@ from medpipe.dicom.geometry import (
     stack_geometry,
 )
 from medpipe.dicom.headers import FileProblem, FileResult, SliceHeader, read_file, transfer_syntax_problem
-from medpipe.errors import DicomError
+from medpipe.errors import Code, DicomError
 
 #: Below this many files, reading headers in one process beats starting workers (measured: two workers
 #: win from about 64 files; the pool costs 15-20 ms to start).
@@ -108,8 +108,8 @@ class ScanResult:
         if len(matches) == 1:
             return matches[0]
         known = ", ".join(s.id for s in self.stacks) or "none"
-        raise DicomError(
-            f"no series {stack_id!r} under this folder (found: {known})", code="DICOM_SERIES_NOT_FOUND"
+        raise Code.DICOM_SERIES_NOT_FOUND(
+            f"no series {stack_id!r} under this folder (found: {known})"
         )
 
     def single(self) -> Stack:
@@ -120,12 +120,11 @@ class ScanResult:
         if not loadable:
             if len(self.stacks) == 1:
                 raise self.stacks[0].error  # type: ignore[misc]
-            raise DicomError(self.nothing_usable_message(), code="DICOM_NO_SERIES")
+            raise Code.DICOM_NO_SERIES(self.nothing_usable_message())
         rows = "; ".join(f"{s.id} ({s.modality}, {len(s.slices)} slices)" for s in loadable)
-        raise DicomError(
+        raise Code.DICOM_MULTIPLE_SERIES(
             f"{len(loadable)} series can be loaded from this folder: {rows}; choose one by its id "
             "(`medpipe dicom ls` lists them)",
-            code="DICOM_MULTIPLE_SERIES",
         )
 
     def nothing_usable_message(self) -> str:
@@ -250,32 +249,30 @@ def validate_stack(stack: Stack, options: AssemblyOptions) -> None:
     stack.notes = [n for n in stack.notes if not n.startswith("DICOM_")]  # geometry notes of an earlier pass
     try:
         if all(s.is_localizer for s in slices):
-            raise DicomError("localizer/scout images only, not a volume", code="DICOM_LOCALIZER")
+            raise Code.DICOM_LOCALIZER("localizer/scout images only, not a volume")
         problems = Counter(s.problem for s in slices if s.problem)
         if problems:
             code, count = problems.most_common(1)[0]
             what = {
-                "DICOM_NO_PIXEL_DATA": "have no Pixel Data element",
-                "DICOM_CORRUPT_FILE": "are truncated (Pixel Data shorter than Rows x Columns x Frames)",
-                "DICOM_NO_GEOMETRY": "are multi-frame images without per-frame positions (no functional groups)",
+                Code.DICOM_NO_PIXEL_DATA: "have no Pixel Data element",
+                Code.DICOM_CORRUPT_FILE: "are truncated (Pixel Data shorter than Rows x Columns x Frames)",
+                Code.DICOM_NO_GEOMETRY: "are multi-frame images without per-frame positions (no functional groups)",
             }.get(code, "are unusable")
-            raise DicomError(f"{count} of {len(slices)} images {what}", code=code)
+            raise Code(code)(f"{count} of {len(slices)} images {what}")
         ts_problem = transfer_syntax_problem(slices[0].transfer_syntax)
         if ts_problem:
-            raise DicomError(ts_problem, code="DICOM_UNSUPPORTED_TRANSFER_SYNTAX")
+            raise Code.DICOM_UNSUPPORTED_TRANSFER_SYNTAX(ts_problem)
         if slices[0].samples_per_pixel != 1:
-            raise DicomError(
+            raise Code.DICOM_UNSUPPORTED_IMAGE(
                 f"{slices[0].samples_per_pixel} samples per pixel (colour); only greyscale volumes are supported",
-                code="DICOM_UNSUPPORTED_IMAGE",
             )
         missing = [
             s for s in slices if s.position is None or s.orientation is None or s.pixel_spacing is None
         ]
         if missing:
-            raise DicomError(
+            raise Code.DICOM_NO_GEOMETRY(
                 f"{len(missing)} of {len(slices)} images lack ImagePositionPatient, ImageOrientationPatient or "
                 "PixelSpacing, so their place in the patient is unknown",
-                code="DICOM_NO_GEOMETRY",
             )
         first = slices[0]
         stack.geometry = stack_geometry(
@@ -296,7 +293,7 @@ def validate_stack(stack: Stack, options: AssemblyOptions) -> None:
 def scan(root: str, options: AssemblyOptions = DEFAULT_OPTIONS, *, workers: int | None = None) -> ScanResult:
     """Find and validate every DICOM stack under ``root`` (a folder tree or one file)."""
     if not os.path.exists(root):
-        raise DicomError(f"{root} does not exist", code="INPUT_NOT_FOUND")
+        raise Code.INPUT_NOT_FOUND(f"{root} does not exist")
     paths = iter_files(root)
     results = read_headers(paths, workers)
     problems = [r.problem for r in results if r.problem is not None]

@@ -21,7 +21,7 @@ import numpy as np
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions, StackGeometry
 from medpipe.dicom.headers import SliceHeader
 from medpipe.dicom.scan import ScanResult, Stack, scan, validate_stack
-from medpipe.errors import DicomError
+from medpipe.errors import Code
 
 #: LPS <-> RAS (flip the first two axes); its own inverse.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -130,16 +130,14 @@ def read_stored_pixels(slices: Sequence[SliceHeader], *, threads: int = 2) -> np
                 for k in by_path[path]:
                     s = slices[k]
                     if isinstance(arr, Exception):
-                        raise DicomError(
+                        raise Code.DICOM_CORRUPT_FILE(
                             f"image {k + 1} of {len(slices)} (instance {s.instance_number}) cannot be decoded "
                             f"({type(arr).__name__}: {arr})",
-                            code="DICOM_CORRUPT_FILE",
                         ) from arr
                     frame = arr[s.frame or 0]
                     if frame.shape != (s.rows, s.columns):
-                        raise DicomError(
+                        raise Code.DICOM_CORRUPT_FILE(
                             f"image {k + 1} decodes to {frame.shape}, its header says {(s.rows, s.columns)}",
-                            code="DICOM_CORRUPT_FILE",
                         )
                     if out is None:
                         out = np.empty((len(slices), s.rows, s.columns), frame.dtype)
@@ -204,7 +202,7 @@ def load_stack(stack: Stack, options: AssemblyOptions = DEFAULT_OPTIONS) -> Volu
         raise stack.error
     geometry = stack.geometry
     if geometry is None:  # validate_stack sets one of error / geometry
-        raise DicomError("stack was not validated", code="DICOM_INVALID")
+        raise Code.DICOM_INVALID("stack was not validated")
     ordered = [stack.slices[i] for i in geometry.order]
     values = rescale(read_stored_pixels(ordered), ordered)
     if geometry.needs_resampling:

@@ -24,7 +24,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from medpipe.errors import DicomError
+from medpipe.errors import Code, DicomError
 
 __all__ = ["CT_IMAGE_STORAGE", "write_ct_series"]
 
@@ -37,7 +37,7 @@ _INTERCEPT = -1024
 
 
 def _invalid(message: str) -> DicomError:
-    return DicomError(message, code="DICOM_WRITE_INVALID_INPUT")
+    return Code.DICOM_WRITE_INVALID_INPUT(message)
 
 
 def _ds(value: float) -> str:
@@ -134,7 +134,7 @@ def write_ct_series(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DicomError(f"cannot create {out}: {exc}", code="DICOM_WRITE_FAILED") from exc
+        raise Code.DICOM_WRITE_FAILED(f"cannot create {out}: {exc}") from exc
     paths = []
     for k in range(n_slices):
         sop_uid = _uid("instance", series_seed, content, str(k))
@@ -215,6 +215,6 @@ def write_ct_series(
         try:
             dcmwrite(path, ds, enforce_file_format=True)
         except OSError as exc:
-            raise DicomError(f"cannot write {path}: {exc}", code="DICOM_WRITE_FAILED") from exc
+            raise Code.DICOM_WRITE_FAILED(f"cannot write {path}: {exc}") from exc
         paths.append(path)
     return paths

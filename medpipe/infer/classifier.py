@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from medpipe.bundle.layout import BundleLayout
-from medpipe.errors import BundleError
+from medpipe.errors import Code
 
 
 @dataclass
@@ -55,22 +55,20 @@ class Classifier:
             k for k in ("crop_spacing", "crop_size", "network_def", "crop_transforms") if k not in parser
         ]
         if missing:
-            raise BundleError(
+            raise Code.INFER_CLASSIFIER_INVALID(
                 f"classifier bundle {layout.root.name} lacks {missing} in configs/common.json "
                 "(see docs/inference.md, 'Classifier bundles')",
-                code="INFER_CLASSIFIER_INVALID",
             )
         spacing = np.asarray(parser.get_parsed_content("crop_spacing"), dtype=np.float64)
         size = tuple(int(v) for v in parser.get_parsed_content("crop_size"))
         if spacing.shape != (3,) or (spacing <= 0).any() or len(size) != 3 or min(size) < 1:
-            raise BundleError(
+            raise Code.INFER_CLASSIFIER_INVALID(
                 f"classifier bundle {layout.root.name}: crop_spacing {spacing.tolist()} / crop_size {size} must be "
                 "3 positive numbers each",
-                code="INFER_CLASSIFIER_INVALID",
             )
         if not layout.model_pt.is_file():
-            raise BundleError(
-                f"{layout.model_pt} does not exist: train the classifier first", code="BUNDLE_NO_WEIGHTS"
+            raise Code.BUNDLE_NO_WEIGHTS(
+                f"{layout.model_pt} does not exist: train the classifier first"
             )
         meta = json.loads(layout.metadata.read_text())
         pred = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {})

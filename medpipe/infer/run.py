@@ -42,7 +42,7 @@ from medpipe import __version__
 from medpipe.atomic import atomic_write_text
 from medpipe.bundle.layout import BundleLayout
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions
-from medpipe.errors import MedpipeError
+from medpipe.errors import Code, MedpipeError, look_up
 from medpipe.infer.sources import Loaded, Source, discover, file_sha256, parse_select, refuse_unselected
 
 FORMATS = ("nifti", "dicom-seg")
@@ -128,9 +128,8 @@ class SegModel:
 
         layout = BundleLayout.open(bundle)
         if not layout.model_pt.is_file():
-            raise MedpipeError(
+            raise Code.BUNDLE_NO_WEIGHTS(
                 f"{layout.model_pt} does not exist: train the bundle first (medpipe train --bundle {layout.root})",
-                code="BUNDLE_NO_WEIGHTS",
             )
         wf = build_workflow(layout, "inference", dict(overrides), user_ids=user_ids)
         meta = json.loads(layout.metadata.read_text())
@@ -201,10 +200,9 @@ class SegModel:
             mask = invert_in_slabs(data["pred"], data["image"].affine, affine, shape, after, self.slab_voxels)
         del data
         if mask.shape != shape:
-            raise MedpipeError(
+            raise Code.BUNDLE_GRID_MISMATCH(
                 f"series {series_id}: the bundle's post-processing gives {mask.shape}, the input is {shape}; "
                 "its inference postprocessing must invert the preprocessing (Invertd)",
-                code="INFER_GRID_MISMATCH",
             )
         return mask
 
@@ -341,18 +339,14 @@ def infer(
     from medpipe.bundle.workflow import device_expression
 
     formats = tuple(dict.fromkeys(f.strip().lower() for f in formats if f.strip()))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise MedpipeError(
-            f"--format {','.join(unknown)}: choose from {','.join(FORMATS)}", code="INFER_BAD_FORMAT"
-        )
+    for f in formats:
+        look_up(f, FORMATS, what="--format", code=Code.INFER_BAD_FORMAT)
     selected = parse_select(tuple(select))
     out = Path(output)
     if out.resolve().is_relative_to(Path(input_path).resolve()) and Path(input_path).is_dir():
-        raise MedpipeError(
+        raise Code.INFER_OUTPUT_INSIDE_INPUT(
             f"--output {out} is inside --input {input_path}: a re-run would take the outputs for inputs; "
             "choose an output folder outside the input tree",
-            code="INFER_OUTPUT_INSIDE_INPUT",
         )
     if workers:
         torch.set_num_threads(int(workers))
@@ -440,7 +434,7 @@ def infer(
                     code, message = exc.code, exc.message
                 elif _oom(exc):
                     code, message = (
-                        "INFER_OUT_OF_MEMORY",
+                        Code.INFER_OUT_OF_MEMORY,
                         f"out of memory ({type(exc).__name__}: {str(exc)[:200]})",
                     )
                     if torch.cuda.is_available():

@@ -24,7 +24,7 @@ import numpy as np
 from medpipe import __version__
 from medpipe.atomic import atomic_path
 from medpipe.dicom.scan import Stack
-from medpipe.errors import MedpipeError
+from medpipe.errors import Code, MedpipeError
 
 #: Label names meaning an abnormality: their category is "Morphologically Abnormal Structure".
 ABNORMAL = {"nodule", "lesion", "tumor", "tumour", "mass", "aneurysm", "neoplasm", "metastasis", "cyst"}
@@ -57,7 +57,7 @@ def segment_codes(name: str):  # -> tuple[Code, Code]
 def source_order(stack: Stack) -> list[int]:
     """Indices of ``stack.slices`` in volume order (the k axis of the loaded array)."""
     if stack.geometry is None:
-        raise MedpipeError(f"series {stack.id} was not validated", code="INFER_SEG_UNSUPPORTED")
+        raise Code.INFER_SEG_UNSUPPORTED(f"series {stack.id} was not validated")
     return [int(i) for i in stack.geometry.order]
 
 
@@ -72,9 +72,8 @@ def write_seg(
 ) -> Path:
     """Write ``mask`` ([i, j, k] on the grid of ``stack`` as loaded, unresampled) as a SEG to ``path``."""
     if any(s.frame is not None for s in stack.slices):
-        raise MedpipeError(
+        raise Code.INFER_SEG_UNSUPPORTED(
             f"series {stack.id} is a multi-frame object; DICOM SEG output supports single-frame series only",
-            code="INFER_SEG_UNSUPPORTED",
         )
     # pydicom warns (and logs) about odd values of the *source* headers, quoting them -- patient names
     # included -- so both are silenced while the SEG is built.
@@ -94,10 +93,9 @@ def write_seg(
         if isinstance(e, MedpipeError):
             raise
         first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise MedpipeError(
+        raise Code.INFER_SEG_FAILED(
             f"series {stack.id}: a DICOM SEG cannot be built from its headers ({type(e).__name__}: {first}); "
             "use --format nifti for this input",
-            code="INFER_SEG_FAILED",
         ) from e
     finally:
         logger.setLevel(level)
@@ -125,8 +123,8 @@ def _write_seg(
                 setattr(ds, keyword, "")
     pixel = np.ascontiguousarray(np.asarray(mask).transpose(2, 1, 0))  # [i, j, k] -> (frame, row, column)
     if pixel.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
-        raise MedpipeError(
-            f"mask {mask.shape} is not on the grid of series {stack.id}", code="INFER_SEG_UNSUPPORTED"
+        raise Code.INFER_SEG_UNSUPPORTED(
+            f"mask {mask.shape} is not on the grid of series {stack.id}"
         )
     algorithm = hd.AlgorithmIdentificationSequence(
         name=bundle_name, family=codes.cid7162.ArtificialIntelligence, version=bundle_version

@@ -18,9 +18,11 @@ import numpy as np
 
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions
 from medpipe.dicom.scan import Stack, scan
-from medpipe.errors import DicomError, MedpipeError
+from medpipe.errors import Code, MedpipeError, look_up
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: What ``--select`` can select on.
+SELECTABLE = ("modality",)
 
 
 @dataclass
@@ -100,7 +102,7 @@ def discover(
     """Every series under ``path``; raises ``INPUT_NOT_FOUND`` / ``INPUT_NO_IMAGES`` when there is none."""
     path = Path(path)
     if not path.exists():
-        raise MedpipeError(f"{path} does not exist", code="INPUT_NOT_FOUND")
+        raise Code.INPUT_NOT_FOUND(f"{path} does not exist")
     niftis = (
         [path]
         if _is_nifti(path)
@@ -121,9 +123,8 @@ def discover(
     ]
     unreadable = [(_file_id(Path(p.path)), p.code, p.message) for p in result.problems]
     if not sources:
-        raise DicomError(
+        raise Code.INPUT_NO_IMAGES(
             f"no DICOM series or NIfTI file under the input ({result.nothing_usable_message()})",
-            code="INPUT_NO_IMAGES",
         )
     return Discovery(sources, unreadable)
 
@@ -135,12 +136,8 @@ def parse_select(items: tuple[str, ...] | list[str]) -> dict[str, set[str]]:
         key, sep, value = item.partition("=")
         key = key.strip().lower()
         if not sep or not value.strip():
-            raise MedpipeError(f"--select {item!r} must look like modality=CT", code="INFER_BAD_SELECT")
-        if key != "modality":
-            raise MedpipeError(
-                f"--select {item!r}: only 'modality' can be selected on (e.g. modality=CT)",
-                code="INFER_BAD_SELECT",
-            )
+            raise Code.INFER_BAD_SELECT(f"--select {item!r} must look like modality=CT")
+        look_up(key, SELECTABLE, what=f"--select {item!r}: the key", code=Code.INFER_BAD_SELECT)
         out.setdefault(key, set()).update(v.strip().upper() for v in value.split(","))
     return out
 
@@ -154,8 +151,7 @@ def refuse_unselected(source: Source, select: dict[str, Any]) -> None:
         and source.modality is not None
         and source.modality.upper() not in wanted
     ):
-        source.error = MedpipeError(
+        source.error = Code.INFER_UNSUPPORTED_MODALITY(
             f"series {source.id} is {source.modality}; this run processes {', '.join(sorted(wanted))} "
             "(--select modality=..., default: the bundle's input modality)",
-            code="INFER_UNSUPPORTED_MODALITY",
         )

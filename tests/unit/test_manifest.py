@@ -9,7 +9,7 @@ import pytest
 
 from medpipe.data import demo
 from medpipe.data.manifest import inference_inputs, load_manifest, load_split
-from medpipe.errors import ManifestError
+from medpipe.errors import InputError, ManifestError
 from tests.conftest import REPO
 
 
@@ -109,12 +109,12 @@ def test_inference_inputs_from_folder_and_errors(tmp_path: Path) -> None:
     (tmp_path / "a.nii").write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("not an image")
     assert [Path(e["image"]).name for e in inference_inputs(tmp_path)] == ["a.nii", "b.nii.gz"]
-    with pytest.raises(ManifestError) as e:
+    with pytest.raises(InputError) as e:
         inference_inputs(tmp_path / "absent")
     assert e.value.code == "INPUT_NOT_FOUND"
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ManifestError) as e:
+    with pytest.raises(InputError) as e:
         inference_inputs(empty)
     assert e.value.code == "INPUT_NO_IMAGES"
 
