@@ -29,5 +29,8 @@ test-all: install
 lint: install
 	$(BIN)/ruff check medpipe tests benchmarks
 
+## Delete the generated synthetic data: each built-in generator's folder in the data cache
+## (medpipe.data.synthetic.dataset_folder) and data_manifests/demo_data, where older versions wrote it.
 clean-demo:
+	$(BIN)/python -c "import shutil, medpipe.data.synthetic as s; [shutil.rmtree(s.dataset_folder(n), ignore_errors=True) for n in s.REGISTRY]"
 	rm -rf data_manifests/demo_data

@@ -25,11 +25,23 @@ TINY_SPACING = (3.2, 3.2, 5.0)
 TINY_SPLITS = {"training": 2, "validation": 1, "test": 1}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_data_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Generated data (the bundles' default manifests) go to a per-session folder, never into the user's
+    cache, unless the environment sets MEDPIPE_DATA (e.g. to reuse data generated once)."""
+    if os.environ.get("MEDPIPE_DATA"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDPIPE_DATA", str(tmp_path_factory.mktemp("medpipe_data")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-case phantom dataset (NIfTI + DICOM) and its manifest ``manifest.json`` beside it."""
-    from medpipe.data.demo import generate_dataset, manifest_content
-    from medpipe.data.phantom import PhantomSpec
+    from medpipe.data.synthetic.lung_ct import generate_dataset, manifest_content
+    from medpipe.data.synthetic.phantom import PhantomSpec
 
     root = tmp_path_factory.mktemp("tiny") / "data"
     spec = PhantomSpec(shape=TINY_SHAPE, spacing=TINY_SPACING)

@@ -7,8 +7,10 @@ A manifest is a JSON file in MONAI's Decathlon datalist format (``training`` / `
     folder the relative paths are resolved against; itself relative to the manifest file, so a
     manifest and its data can move together. A bundle may override it (``--set dataset_dir=/data``).
 ``generator``
-    optional ``{"name": ..., "version": ...}``: the data is synthetic and medpipe makes it,
-    deterministically, the first time the manifest is used (see :mod:`medpipe.data.demo`).
+    optional ``{"name": ..., "version": ..., "splits": ...}``: the data is synthetic and medpipe makes
+    it, deterministically, the first time a split is used (see :mod:`medpipe.data.synthetic`).
+``intensity_range``
+    optional ``[low, high]``: the input window of the images (:func:`intensity_range`).
 ``labels``, ``name``, ``description``, ``synthetic``
     documentation carried with the data.
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medpipe.errors import Code
+from medpipe.errors import Code, ManifestError
 
 #: Splits a manifest may define, in the order they are reported.
 SPLITS = ("training", "validation", "test")
@@ -33,6 +35,8 @@ SPLITS = ("training", "validation", "test")
 PATH_KEYS = ("image", "label", "dicom")
 #: How many missing files an error message lists before summarising.
 MAX_LISTED = 5
+#: Intensity window of uint8 images (MedMNIST archives).
+UINT8_RANGE = (0, 255)
 
 
 @dataclass
@@ -83,8 +87,10 @@ class Manifest:
             )
         root = self.dataset_dir(dataset_dir)
         if self.generator and root == self.dataset_dir():
-            # synthetic data made on first use, into the manifest's own dataset folder only
-            from medpipe.data.demo import ensure_generated
+            # synthetic data made on first use, into the manifest's own dataset folder only; imported
+            # here because the generators pull in scipy, nibabel and pydicom, which reading a manifest
+            # does not need
+            from medpipe.data.synthetic import ensure_generated
 
             ensure_generated(self.generator, root)
         resolved, missing = [], []
@@ -159,6 +165,27 @@ def load_split(
 def manifest_dataset_dir(manifest: str | Path) -> str:
     """Default ``dataset_dir`` of a manifest, for bundle configs."""
     return str(load_manifest(manifest).dataset_dir())
+
+
+def intensity_range(manifest: str | Path | None, default: Sequence[float]) -> list[float]:
+    """Input intensity window ``[low, high]`` of a manifest's images, for a bundle's intensity scaling.
+
+    An explicit ``"intensity_range": [low, high]`` in the manifest wins; else a manifest whose entries
+    point into an npz archive (they carry ``npz_index``, as ``medpipe manifest medmnist`` writes them:
+    MedMNIST stores uint8 crops) gets ``UINT8_RANGE``; else ``default`` (e.g. a CT window in HU). A
+    missing or unreadable manifest also gets ``default``, so inference from a copied bundle still works.
+    """
+    try:
+        content = load_manifest(manifest).content if manifest not in (None, "") else {}
+    except ManifestError:
+        content = {}
+    window = content.get("intensity_range")
+    if (isinstance(window, list) and len(window) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)):
+        return [float(window[0]), float(window[1])]
+    if any("npz_index" in entry for split in SPLITS for entry in content.get(split, ())):
+        return [float(v) for v in UINT8_RANGE]
+    return [float(v) for v in default]
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

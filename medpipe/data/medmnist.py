@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from medpipe.atomic import atomic_path, atomic_write_text
+from medpipe.data.manifest import UINT8_RANGE
 from medpipe.errors import Code
 
 #: npz split prefix -> manifest split.
@@ -171,6 +172,7 @@ def medmnist_manifest(
         "labels": {str(c): n for c, n in enumerate(names)},
         "num_classes": k,
         "task": "classification",
+        "intensity_range": list(UINT8_RANGE),  # uint8 crops, not HU (medpipe.data.manifest.intensity_range)
         "source": npz.name,
         "split_rule": "official MedMNIST train/val/test splits of the archive",
     }
@@ -258,14 +260,6 @@ class LoadMedMNISTd:
             else:
                 d[key] = self.loader(d[key])
         return d
-
-
-def case_name(image: Any) -> str:
-    """A short case name for reports: ``test/12`` for an npz case, the file stem otherwise."""
-    name = str(image.meta.get("filename_or_obj", "")) if hasattr(image, "meta") else str(image)
-    if "#" in name:
-        return name.rsplit("#", 1)[1]
-    return Path(name).name.split(".nii")[0]
 
 
 def inference_inputs(

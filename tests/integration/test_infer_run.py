@@ -29,7 +29,7 @@ FAST = {"sliding_window_inferer::sw_batch_size": 4}
 
 
 def _write_series(root: Path, seed: int, name: str) -> Path:
-    from medpipe.data.phantom import PhantomSpec, generate_phantom
+    from medpipe.data.synthetic.phantom import PhantomSpec, generate_phantom
     from medpipe.dicom.writer import write_ct_series
 
     spec = PhantomSpec(

@@ -33,7 +33,7 @@ def _restore_threads():
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16/8/8 synthetic crops and their manifest."""
-    from medpipe.data.nodule_crops import generate_dataset, manifest_content
+    from medpipe.data.synthetic.nodule_crops import generate_dataset, manifest_content
 
     root = tmp_path_factory.mktemp("crops")
     generate_dataset(root / "data", SPLITS, workers=1, progress=False)

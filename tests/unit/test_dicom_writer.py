@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from medpipe.data.nifti import write_nifti
-from medpipe.data.phantom import PhantomSpec, generate_phantom
+from medpipe.data.synthetic.phantom import PhantomSpec, generate_phantom
 from medpipe.dicom.writer import CT_IMAGE_STORAGE, write_ct_series
 from medpipe.errors import DicomError
 

@@ -1,4 +1,4 @@
-"""Manifests: structure checks, path resolution, coded errors, and the committed demo manifest."""
+"""Manifests: structure checks, path resolution and coded errors."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medpipe.data import demo
 from medpipe.data.manifest import inference_inputs, load_manifest, load_split
 from medpipe.errors import InputError, ManifestError
-from tests.conftest import REPO
 
 
 def write(path: Path, content) -> Path:
@@ -117,19 +115,6 @@ def test_inference_inputs_from_folder_and_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         inference_inputs(empty)
     assert e.value.code == "INPUT_NO_IMAGES"
-
-
-def test_committed_demo_manifest_matches_generator() -> None:
-    """The manifest in the repo lists exactly the cases the generator writes, in the declared splits."""
-    path = REPO / "data_manifests" / "lung_nodule_ct_demo.json"
-    committed = json.loads(path.read_text())
-    expected = demo.manifest_content(committed["dataset_dir"])
-    assert committed == expected
-    m = load_manifest(path)
-    assert m.generator == {"name": "lung_nodule_ct_demo", "version": demo.GENERATOR_VERSION,
-                           "splits": demo.DEFAULT_SPLITS}
-    ids = [e["case_id"] for s in ("training", "validation", "test") for e in committed[s]]
-    assert len(ids) == len(set(ids)) == sum(demo.DEFAULT_SPLITS.values())  # no case in two splits
 
 
 def test_tiny_dataset_manifest_resolves(tiny_dataset: Path) -> None:

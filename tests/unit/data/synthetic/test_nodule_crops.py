@@ -7,7 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from medpipe.data import nodule_crops as nc
+from medpipe.data.manifest import intensity_range, load_split
+from medpipe.data.synthetic import ensure_generated
+from medpipe.data.synthetic import nodule_crops as nc
+from medpipe.data.synthetic.writer import STAMP
 from medpipe.errors import DataGenerationError
 
 
@@ -40,33 +43,29 @@ def test_classes_overlap_but_differ_in_distribution():
         nc.make_crop(0, 2)
 
 
-def test_manifest_content_and_intensity_range(tmp_path):
+def test_manifest_content_and_its_intensity_range(tmp_path):
     splits = {"training": 10, "validation": 5, "test": 5}
     content = nc.manifest_content("data", splits)
     assert [len(content[s]) for s in splits] == [10, 5, 5]
     labels = [e["label"] for e in content["training"]]
     assert set(labels) == {0, 1} and sum(labels) == 4
     assert content["synthetic"] is True and content["labels"] == {"0": "benign", "1": "malignant"}
+    assert content["generator"] == {"name": nc.GENERATOR_NAME, "version": nc.GENERATOR_VERSION,
+                                    "splits": splits}
+    assert "generator" not in nc.manifest_content("data", splits, with_generator=False)
     m = tmp_path / "m.json"
     m.write_text(json.dumps(content))
-    assert nc.intensity_range(m) == list(nc.HU_WINDOW)
-    m.write_text(json.dumps({"name": "nodulemnist3d", "training": []}))
-    assert nc.intensity_range(m) == [0.0, 255.0]
-    m.write_text(json.dumps({"intensity_range": [-1200, 600], "training": []}))
-    assert nc.intensity_range(m) == [-1200.0, 600.0]
-    assert nc.intensity_range(tmp_path / "absent.json") == list(nc.HU_WINDOW)
+    assert intensity_range(m, default=[0.0, 1.0]) == list(nc.HU_WINDOW)  # stated by the manifest
 
 
 def test_generated_on_first_use_through_the_manifest(tmp_path):
-    from medpipe.data.manifest import load_split
-
     splits = {"training": 4, "validation": 2, "test": 2}
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps(nc.manifest_content("crops", splits)))
     entries = load_split(manifest, "validation")
     assert len(entries) == 2 and all(isinstance(e["label"], int) for e in entries)
     root = tmp_path / "crops"
-    assert (root / nc.STAMP).is_file() and len(list((root / "imagesTr").iterdir())) == 8
+    assert (root / STAMP).is_file() and len(list((root / "imagesTr").iterdir())) == 8
     cases = json.loads((root / "cases.json").read_text())["cases"]
     assert [c["label"] for c in cases] == [
         e["label"] for s in splits for e in nc.manifest_content("x", splits)[s]
@@ -75,12 +74,15 @@ def test_generated_on_first_use_through_the_manifest(tmp_path):
     other = tmp_path / "other"
     (other / "x").mkdir(parents=True)
     with pytest.raises(DataGenerationError) as e:
-        nc.ensure_generated(nc.manifest_content("x", splits)["generator"], other)
+        ensure_generated(nc.manifest_content("x", splits)["generator"], other)
     assert e.value.code == "DATA_DIR_CONFLICT"
 
 
-def test_committed_demo_manifest_matches_the_generator():
-    from tests.conftest import REPO
-
-    committed = json.loads((REPO / "data_manifests" / "lung_nodule_malignancy_ct_demo.json").read_text())
-    assert committed == nc.manifest_content("demo_data/lung_nodule_malignancy_ct_demo")
+def test_default_manifest_content_matches_the_generator():
+    """What ``default_manifest('lung_nodule_malignancy_ct_demo')`` writes: 720 crops, 40 % malignant."""
+    content = nc.manifest_content(".")
+    assert content["dataset_dir"] == "." and content["generator"]["splits"] == nc.DEFAULT_SPLITS
+    for split, count in nc.DEFAULT_SPLITS.items():
+        assert len(content[split]) == count and sum(e["label"] for e in content[split]) == round(0.4 * count)
+    ids = [e["case_id"] for s in nc.DEFAULT_SPLITS for e in content[s]]
+    assert len(ids) == len(set(ids)) == sum(nc.DEFAULT_SPLITS.values())  # no case in two splits

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from medpipe.data.phantom import NODULE_KINDS, PhantomSpec, generate_phantom
+from medpipe.data.synthetic.phantom import NODULE_KINDS, PhantomSpec, generate_phantom
 from medpipe.errors import DataGenerationError
 
 SMALL = PhantomSpec(shape=(96, 80, 24), spacing=(2.0, 2.0, 5.0))
@@ -54,7 +54,7 @@ def test_same_seed_gives_identical_case(cases):
 
 
 def test_same_seed_identical_in_another_process(cases):
-    code = ("import hashlib; from medpipe.data.phantom import PhantomSpec, generate_phantom;"
+    code = ("import hashlib; from medpipe.data.synthetic.phantom import PhantomSpec, generate_phantom;"
             "c = generate_phantom(0, PhantomSpec(shape=(96, 80, 24), spacing=(2.0, 2.0, 5.0)));"
             "print(hashlib.sha256(c.image.tobytes() + c.label.tobytes()).hexdigest())")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
