@@ -44,7 +44,7 @@ TARGET_GROWTH = 1.1
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[4])
-from medpipe.infer.run import infer
+from medpipe.infer.run import InferOptions, infer
 
 def status():
     d = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -62,7 +62,8 @@ def after(series, state):
         pass
 
 t0 = time.perf_counter()
-summary = infer(sys.argv[1], sys.argv[2], sys.argv[3], echo=lambda _: None, progress=False, after_series=after)
+summary = infer(sys.argv[1], sys.argv[2], sys.argv[3], InferOptions(progress=False), echo=lambda _: None,
+                after_series=after)
 end = status()
 end["VmHWM"] = max([p["VmHWM"] for p in per] + [end["VmHWM"]])  # the process's peak over all series
 print(json.dumps({"per_series": per, "summary": summary, "total_s": time.perf_counter() - t0, **end}))

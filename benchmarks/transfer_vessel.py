@@ -54,8 +54,9 @@ def main() -> None:
     rows = []
     for arm in args.arms.split(","):
         name = arm.replace(":", "_")
-        bundle = out / name
+        bundle, run_dir = out / name, out / f"{name}_run"
         shutil.rmtree(bundle, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
         shutil.copytree(target, bundle / "configs")
         if args.tta is not None:  # same test-time augmentation for every arm
             common = json.loads((bundle / "configs" / "common.json").read_text())
@@ -72,6 +73,8 @@ def main() -> None:
             str(MANIFEST),
             "--max-epochs",
             str(args.epochs),
+            "--output",
+            str(run_dir),
         ]
         if args.threads:
             cmd += [
@@ -84,10 +87,11 @@ def main() -> None:
                 cmd += ["--pretrained-lr-scale", str(args.pretrained_lr_scale)]
         train_s = run(cmd, log)
         run(
-            [*medpipe, "evaluate", "--bundle", str(bundle), "--manifest", str(MANIFEST), "--split", "test"],
+            [*medpipe, "evaluate", "--bundle", str(bundle), "--manifest", str(MANIFEST), "--split", "test",
+             "--weights", str(run_dir)],
             log,
-        )
-        record = json.loads((bundle / "models" / "training_metrics.json").read_text())
+        )  # fmt: skip
+        record = json.loads((run_dir / "training_metrics.json").read_text())
         test = json.loads((bundle / "eval" / "test" / "summary.json").read_text())["metrics"]
         trainable = next(
             (ln.split(": ", 1)[1] for ln in log.read_text().splitlines() if ln.startswith("freeze ")), "all"

@@ -5,7 +5,7 @@ medpipe adds what MONAI does not have: DICOM series handling, data manifests, bu
 assembly, batch orchestration, reports and the ``medpipe`` command line.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def quiet_third_party_logs() -> None:

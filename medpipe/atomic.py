@@ -1,4 +1,4 @@
-"""Write files so a crash or a full disk never leaves a torn output behind.
+"""Write files so a crash or a full disk never leaves a torn output behind; and hash what was written.
 
 Writers write to a hidden temporary file in the destination folder (same file system, so the final
 ``os.replace`` is atomic) whose name ends with the destination's name, so suffix-sniffing writers
@@ -7,6 +7,7 @@ Writers write to a hidden temporary file in the destination folder (same file sy
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -30,3 +31,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's content: the fingerprint of an input or of a set of weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        while block := fp.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,9 +1,10 @@
 """``medpipe convert``: DICOM series -> NIfTI (+ JSON sidecar), NIfTI -> validated NIfTI.
 
 Every series found is either written or reported with its code; nothing is dropped silently.
-Outputs are named by the series' hashed id (never by patient, study or description), written under a
-temporary name and renamed, and ``conversion.json`` in the output folder lists every series with its
-status. The sidecar holds acquisition fields only: no names, IDs, dates, UIDs, institution or device
+Outputs are named by the series' hashed id (a NIfTI input by ``nii-`` + a hash of its content; never
+by patient, study, description or file name), written under a temporary name and renamed, and
+``conversion.json`` in the output folder lists every series with its status; paths appear in it only
+with ``--show-paths``, and error messages are scrubbed of them (:mod:`medpipe.privacy`). The sidecar holds acquisition fields only: no names, IDs, dates, UIDs, institution or device
 serial numbers.
 """
 
@@ -19,14 +20,14 @@ from typing import Any
 import numpy as np
 
 from medpipe import __version__
-from medpipe.atomic import atomic_write_text
+from medpipe.atomic import atomic_write_text, file_sha256
+from medpipe.data.images import is_nifti
 from medpipe.data.nifti import validate_nifti, write_nifti
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions
 from medpipe.dicom.scan import Stack, scan
 from medpipe.dicom.volume import load_stack
-from medpipe.errors import Code, MedpipeError, NiftiError
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+from medpipe.errors import EXIT_PARTIAL, Code, MedpipeError, NiftiError
+from medpipe.privacy import file_id, scrub, shown_path
 
 #: Header fields copied to the sidecar: how the image was acquired, nothing about who or when.
 SIDECAR_FIELDS = (
@@ -42,12 +43,14 @@ SIDECAR_FIELDS = (
 class Converted:
     """One line of conversion.json."""
 
-    source: str  # series id, or the NIfTI file name
+    source: str  # series id, nii-<content hash> for a NIfTI file, file-<path hash> for an unreadable file
     status: str  # "ok" or an error code
     message: str | None = None
     output: str | None = None
     shape: list[int] | None = None
     spacing: list[float] | None = None
+    #: where the item lies, relative to the source (only with show_paths)
+    path: str | None = None
 
 
 def _json_value(value: Any) -> Any:
@@ -81,33 +84,37 @@ def acquisition_sidecar(stack: Stack) -> dict[str, Any]:
     return out
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
 def convert(
     source: str | Path,
     output: str | Path,
     *,
     series: tuple[str, ...] = (),
     options: AssemblyOptions = DEFAULT_OPTIONS,
+    show_paths: bool = False,
     echo: Callable[[str], None] = lambda _: None,
 ) -> list[Converted]:
-    """Convert a DICOM folder (each series) or a NIfTI file; return one record per series/file."""
+    """Convert a DICOM folder (each series) or a NIfTI file; return one record per series/file.
+
+    Records and conversion.json name series by hashed id and files by ``file-<hash>`` / ``nii-<hash>``
+    (:mod:`medpipe.privacy`); ``show_paths`` adds each item's path, relative to ``source``.
+    """
     source, output = Path(source), Path(output)
     if not source.exists():
         raise Code.INPUT_NOT_FOUND(f"{source} does not exist")
     records: list[Converted] = []
-    if _is_nifti(source):
-        stem = source.name[: -len(".nii.gz")] if source.name.lower().endswith(".nii.gz") else source.stem
+    if source.is_file() and is_nifti(source):
+        name = "nii-" + file_sha256(source)[:10]
         try:
             image = validate_nifti(source)
-            target = output / f"{stem}.nii.gz"
+            target = output / f"{name}.nii.gz"
             write_nifti(target, np.asanyarray(image.dataobj), image.affine)
             zooms = [round(float(z), 4) for z in image.header.get_zooms()[:3]]
-            records.append(Converted(source.name, "ok", None, target.name, list(image.shape), zooms))
+            records.append(Converted(name, "ok", None, target.name, list(image.shape), zooms))
         except NiftiError as e:
-            records.append(Converted(source.name, e.code, e.message))
+            records.append(
+                Converted(name, e.code, e.message if show_paths else scrub(e.message, [source], name))
+            )
+        records[-1].path = shown_path(source, show_paths)
     else:
         result = scan(str(source), options)
         stacks = [result.get(s) for s in series] if series else result.stacks
@@ -122,26 +129,43 @@ def convert(
                     "Shape": list(volume.array.shape),
                 }
                 atomic_write_text(output / f"{stack.id}.json", json.dumps(sidecar, indent=2) + "\n")
-                records.append(
-                    Converted(
-                        stack.id,
-                        "ok",
-                        None,
-                        f"{stack.id}.nii.gz",
-                        list(volume.array.shape),
-                        [round(v, 4) for v in volume.spacing],
-                    )  # fmt: skip
-                )
+                shape, spacing = list(volume.array.shape), [round(v, 4) for v in volume.spacing]
+                records.append(Converted(stack.id, "ok", None, f"{stack.id}.nii.gz", shape, spacing))
             except MedpipeError as e:
-                records.append(Converted(stack.id, e.code, e.message))
+                paths = [s.path for s in stack.slices]
+                message = e.message if show_paths else scrub(e.message, paths, f"<series {stack.id}>")
+                records.append(Converted(stack.id, e.code, message))
             rec = records[-1]
+            rec.path = shown_path(os.path.dirname(stack.slices[0].path), show_paths, source)
             echo(
                 f"{rec.source}: {rec.output}"
                 if rec.status == "ok"
                 else f"{rec.source}: {rec.status}: {rec.message}"
             )
         for problem in result.problems:
-            records.append(Converted(os.path.relpath(problem.path, source), problem.code, problem.message))
-    report = {"medpipe": __version__, "items": [asdict(r) for r in records]}
+            name = file_id(problem.path)
+            message = problem.message if show_paths else scrub(problem.message, [problem.path], name)
+            records.append(
+                Converted(name, problem.code, message, path=shown_path(problem.path, show_paths, source))
+            )
+    report = {"medpipe": __version__, "items": [_item(r) for r in records]}
     atomic_write_text(output / "conversion.json", json.dumps(report, indent=2) + "\n")
     return records
+
+
+def _item(record: Converted) -> dict[str, Any]:
+    item = asdict(record)
+    if item["path"] is None:
+        del item["path"]  # only with show_paths
+    return item
+
+
+def outcome(records: list[Converted]) -> int:
+    """Exit status of ``medpipe convert``: 0 all converted, EXIT_PARTIAL some refused; raises when none was."""
+    ok = sum(r.status == "ok" for r in records)
+    if ok == 0:
+        failed = records[0] if records else None
+        raise Code(failed.status if failed else Code.DICOM_NO_SERIES)(
+            f"nothing converted{f' ({failed.source}: {failed.status})' if failed else ''}"
+        )
+    return EXIT_PARTIAL if ok < len(records) else 0

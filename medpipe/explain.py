@@ -1,6 +1,7 @@
 """``medpipe explain``: where a classifier bundle looked, for the clinician who has to trust it.
 
-The bundle's own inference preprocessing turns the input (a NIfTI file or a DICOM series folder)
+The input (a NIfTI file or a DICOM series folder) is read as ``medpipe infer`` reads it and the
+bundle's own inference preprocessing, through :class:`~medpipe.bundle.model.BundleModel`, turns it
 into the network input; MONAI's ``GradCAM`` / ``GradCAMpp`` (and, with ``occlusion=True``,
 ``OcclusionSensitivity``) compute a heat map for one class; the map is taken back to the input grid
 by inverting the same preprocessing (MONAI's invertible transforms), so it overlays the input
@@ -9,8 +10,11 @@ voxel for voxel. Outputs, each written atomically into ``output``:
 * ``<name>_gradcam.nii.gz`` (or ``_gradcampp``): float32 map in [0, 1], same shape and affine as the input;
 * ``<name>_occlusion.nii.gz`` (option): drop of the class probability when a patch is hidden;
 * ``<name>_montage.png``: eight axial slices across the network input with the map (>= 0.25) overlaid;
-* ``<name>_probabilities.json``: class probabilities, predicted class, the validation threshold when
-  the bundle ships one (``models/threshold.json``), method and target layer.
+* ``<name>_probabilities.json``: class probabilities, predicted class, the validation threshold stored
+  next to the weights (``models/threshold.json``), method and target layer.
+
+``<name>`` is the series' hashed id (DICOM) or ``nii-`` + a hash of the file's content, never a file
+name (:mod:`medpipe.privacy`); ``--show-paths`` adds the input path to the record.
 
 The target layer defaults to the network's last convolutional block: the last module, in execution
 order, whose feature map is at least 4 voxels along every axis (``layer3`` of the 32^3 malignancy
@@ -20,16 +24,23 @@ larger than one voxel.
 
 from __future__ import annotations
 
+import copy
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
 
-from medpipe.atomic import atomic_path, atomic_write_text
-from medpipe.errors import Code, did_you_mean
+from medpipe.atomic import atomic_path, atomic_write_text, file_sha256
+from medpipe.bundle.model import BundleModel
+from medpipe.data.images import read_image
+from medpipe.data.nifti import write_nifti
+from medpipe.errors import Code, did_you_mean, look_up
+from medpipe.evaluate.threshold import threshold_beside
+from medpipe.privacy import shown_path
 
 METHODS = ("gradcam", "gradcampp")
 #: The default target layer is the last one whose feature map is at least this many voxels along every
@@ -80,27 +91,6 @@ def pick_target_layer(network: torch.nn.Module, x: torch.Tensor, requested: str 
     return fine[-1] if fine else layers[-1][0]
 
 
-def _input_path(path: str | Path, tmp: Path) -> tuple[Path, str]:
-    """A NIfTI file as is; a DICOM series folder (``folder`` or ``folder#id``) written to a NIfTI in ``tmp``."""
-    text = str(path)
-    p = Path(text.split("#")[0]).expanduser()
-    if not p.exists():
-        raise Code.INPUT_NOT_FOUND(
-            f"input {p} does not exist; pass a NIfTI file or a DICOM series folder"
-        )
-    if p.is_file() and p.name.endswith((".nii", ".nii.gz")):
-        return p, p.name.split(".nii")[0]
-    if p.is_dir():
-        from medpipe.data.nifti import write_nifti
-        from medpipe.dicom.volume import load_dicom
-
-        vol = load_dicom(text)
-        out = tmp / f"{vol.stack_id}.nii.gz"
-        write_nifti(out, vol.array, vol.affine_ras)
-        return out, vol.stack_id
-    raise Code.INPUT_NOT_FOUND(f"input {p} is neither a .nii/.nii.gz file nor a DICOM folder")
-
-
 def _montage(image: np.ndarray, heat: np.ndarray, path: Path, title: str, n: int = 8) -> None:
     import matplotlib
 
@@ -130,10 +120,6 @@ def _montage(image: np.ndarray, heat: np.ndarray, path: Path, title: str, n: int
 
 def _to_input_grid(heat: torch.Tensor, image: Any, preprocessing: Any) -> np.ndarray:
     """Invert the bundle's preprocessing on a map defined on the network input grid."""
-    import copy
-
-    from monai.data import MetaTensor
-
     # inverse() consumes the trace: give each map its own copy
     mt = MetaTensor(heat, meta=dict(image.meta), applied_operations=copy.deepcopy(image.applied_operations))
     inv = preprocessing.inverse({"image": mt})["image"]
@@ -150,72 +136,37 @@ def explain(
     target_layer: str | None = None,
     class_index: int | None = None,
     device: str | None = None,
+    weights: str | Path | None = None,
+    show_paths: bool = False,
     echo: Any = print,
 ) -> dict[str, Any]:
     """Heat map(s), montage and probabilities for one input; returns the probabilities record."""
-    import nibabel as nib
-    from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
-
-    from medpipe.bundle.export import load_state_dict
-    from medpipe.bundle.layout import BundleLayout
-    from medpipe.bundle.workflow import build_workflow, inference_overrides, parsed
-    from medpipe.data.nifti import write_nifti
-
-    if method not in METHODS:
-        raise Code.EXPLAIN_INVALID(f"--method must be one of {METHODS}, got '{method}'")
-    layout = BundleLayout.open(bundle)
-    if not layout.model_pt.is_file():
-        raise Code.BUNDLE_NO_WEIGHTS(
-            f"{layout.model_pt} does not exist; train the bundle first"
-        )
+    method = look_up(method, METHODS, what="--method", code=Code.EXPLAIN_INVALID)
+    model = BundleModel.open(bundle, weights=weights, device=device)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    wf = build_workflow(layout, "inference", inference_overrides(device=device))
-    preprocessing = parsed(wf, "preprocessing")
-    network = parsed(wf, "network")
-    try:
-        network.load_state_dict(load_state_dict(layout.model_pt))
-    except RuntimeError as e:
-        detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
-        raise Code.CHECKPOINT_MISMATCH(
-            f"{layout.model_pt} does not fit the bundle's network_def ({detail}); retrain or fix the config",
-        ) from None
-    network.eval()
-    dev = next(network.parameters()).device
-    meta = json.loads(layout.metadata.read_text())
-    channel_def = (
-        meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
-    )
-
-    with tempfile.TemporaryDirectory() as tmpdir:
-        path, name = _input_path(input_path, Path(tmpdir))
-        ref = nib.load(str(path))
-        data = preprocessing({"image": str(path)})
-    image = data["image"]
-    x = (
-        image.as_tensor()[None].to(dev)
-        if hasattr(image, "as_tensor")
-        else torch.as_tensor(image)[None].to(dev)
-    )
+    image = read_image(input_path)
+    name = image.series_id or "nii-" + file_sha256(str(input_path))[:10]
+    data = model.prepare(image, name)
+    network = model.network
+    x = data["image"].as_tensor()[None].to(next(network.parameters()).device)
     with torch.no_grad():
         logits = network(x)
     if logits.ndim != 2:
         raise Code.EXPLAIN_NOT_CLASSIFIER(
-            f"bundle {layout.root.name} outputs shape {tuple(logits.shape)}, not one score per class; "
-            "explain works on classifier bundles",
+            f"bundle {model.layout.root.name} outputs shape {tuple(logits.shape)}, not one score per class; "
+            "explain works on classifier bundles"
         )
     probs = torch.softmax(logits, dim=1)[0].cpu().numpy()
     n_classes = probs.shape[0]
     cls = int(np.argmax(probs)) if class_index is None else int(class_index)
     if not 0 <= cls < n_classes:
-        raise Code.EXPLAIN_INVALID(
-            f"--class {cls} is not a class of this network (0..{n_classes - 1})"
-        )
+        raise Code.EXPLAIN_INVALID(f"--class {cls} is not a class of this network (0..{n_classes - 1})")
     layer = pick_target_layer(network, x, target_layer)
     cam_cls = GradCAM if method == "gradcam" else GradCAMpp
     cam = cam_cls(nn_module=network, target_layers=layer)
     heat = cam(x, class_idx=cls)[0].detach().cpu()  # (1, X, Y, Z) in [0, 1], on the network input grid
-    names = {int(k): v for k, v in channel_def.items()} if channel_def else {}
+    names = model.class_names
     files = {}
     maps = {method: heat}
     if occlusion:
@@ -223,34 +174,34 @@ def explain(
             nn_module=network, mask_size=max(4, min(x.shape[2:]) // 4), n_batch=32, overlap=0.25
         )
         occ_map, _ = occ(x)
-        drop = (
+        maps["occlusion"] = (
             float(probs[cls]) - occ_map[0, cls : cls + 1].detach().cpu()
-        )  # > 0 where hiding lowers P(class)
-        maps["occlusion"] = drop
+        )  # > 0: supports the class
     for key, m in maps.items():
-        arr = _to_input_grid(m, image, preprocessing)
-        if arr.shape != ref.shape[:3]:
+        arr = _to_input_grid(m, data["image"], model.preprocessing)
+        if arr.shape != image.array.shape:
             raise Code.EXPLAIN_NOT_INVERTIBLE(
                 f"the bundle's preprocessing could not be inverted onto the input grid (got {arr.shape}, input "
-                f"{ref.shape[:3]})",
+                f"{image.array.shape})"
             )
-        files[key] = str(write_nifti(out_dir / f"{name}_{key}.nii.gz", arr, ref.affine, dtype=np.float32))
-    threshold = None
-    thr_file = layout.root / "models" / "threshold.json"
-    if thr_file.is_file():
-        threshold = json.loads(thr_file.read_text()).get("threshold")
+        path = out_dir / f"{name}_{key}.nii.gz"
+        files[key] = str(write_nifti(path, arr, image.affine_ras, dtype=np.float32))
+    record_t = threshold_beside(model.weights.path)
+    threshold = None if record_t is None else record_t.threshold
     label = names.get(cls, str(cls))
     _montage(
-        image.detach().cpu().numpy()[0],
+        data["image"].detach().cpu().numpy()[0],
         heat.numpy()[0],
         out_dir / f"{name}_montage.png",
-        f"{layout.root.name}: {method} for '{label}' (p={probs[cls]:.3f}), layer {layer}",
+        f"{model.layout.root.name}: {method} for '{label}' (p={probs[cls]:.3f}), layer {layer}",
     )
     files["montage"] = str(out_dir / f"{name}_montage.png")
     record = {
-        "input": str(input_path),
-        "bundle": layout.root.name,
-        "bundle_version": meta.get("version"),
+        "input": name,
+        "input_path": shown_path(input_path, show_paths),
+        "bundle": model.layout.root.name,
+        "bundle_version": model.version,
+        "weights_sha256": model.weights.sha256,
         "probabilities": {names.get(i, str(i)): round(float(p), 6) for i, p in enumerate(probs)},
         "predicted_class": int(np.argmax(probs)),
         "explained_class": cls,
@@ -263,5 +214,6 @@ def explain(
         record["positive_at_threshold"] = bool(probs[1] >= threshold)
     atomic_write_text(out_dir / f"{name}_probabilities.json", json.dumps(record, indent=1))
     probs_txt = ", ".join(f"{k} {v:.3f}" for k, v in record["probabilities"].items())
+    echo(f"weights {model.describe_weights()}")
     echo(f"{name}: {probs_txt}; {method} of '{label}' at layer {layer} -> {out_dir}")
     return record

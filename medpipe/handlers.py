@@ -2,8 +2,9 @@
 
 * :class:`LossProgressBar` -- a tqdm bar per epoch showing the running loss.
 * :class:`TrainingReport` -- after each epoch: one summary line (loss, validation Dice when it ran,
-  time), ``training_metrics.json`` and ``training_curve.png`` in ``output_dir``, both written to a
-  temporary name and renamed so a killed run never leaves a torn file.
+  time), printed and appended to ``train.log``, and ``training_metrics.json`` and ``training_curve.png``
+  in ``output_dir`` (the run folder), written to a temporary name and renamed so a killed run never
+  leaves a torn file.
 * :class:`ValidationHandler` -- MONAI's, validating every ``interval`` epochs **and after the last
   epoch**, so a run whose epoch count is not a multiple of the interval (``--max-epochs 1``) still
   validates, and so still saves its best checkpoint.
@@ -21,6 +22,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import ValidationHandler as MonaiValidationHandler
+from tqdm import tqdm
 
 from medpipe.atomic import atomic_path, atomic_write_text
 
@@ -73,6 +75,7 @@ class TrainingReport:
         json_name: str = "training_metrics.json",
         png_name: str = "training_curve.png",
         print_fn: Any = None,
+        log_name: str = "train.log",
     ) -> None:
         self.output_dir = Path(output_dir)
         self.validator = validator
@@ -80,6 +83,7 @@ class TrainingReport:
         self.json_name = json_name
         self.png_name = png_name
         self.print_fn = print_fn
+        self.log_name = log_name
         self.history: list[dict[str, Any]] = []
         self._epoch_losses: list[float] = []
         self._epoch_start = 0.0
@@ -140,11 +144,12 @@ class TrainingReport:
         self._plot()
 
     def _print(self, line: str) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / self.log_name, "a", encoding="utf-8") as log:
+            log.write(line + "\n")
         if self.print_fn is not None:
             self.print_fn(line)
             return
-        from tqdm import tqdm
-
         tqdm.write(line)
 
     def _plot(self) -> None:

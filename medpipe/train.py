@@ -4,22 +4,40 @@ No training loop lives here: the bundle's ``train`` config builds a MONAI ``Supe
 ``SupervisedEvaluator``; this module merges the user's options into it as config overrides, checks
 everything that can be checked up front (see :mod:`medpipe.bundle.workflow`), makes sure the data
 exist (generating the embedded demo data on first use) and runs the workflow.
+
+A run never writes into the bundle. Everything it makes goes to its own run folder (``--output``,
+default ``runs/<bundle>/<YYYYmmdd-HHMMSS>/`` under the current directory): ``model.pt`` (the best
+validation checkpoint), ``training_metrics.json``, ``training_curve.png``, ``train.log``,
+``threshold.json`` (binary classifiers), ``config.json`` (the merged config with the overrides) and
+``run.json`` (command, bundle version, time, best metric, weights hash). The shipped
+``models/model.pt`` changes only by ``medpipe promote`` (:mod:`medpipe.bundle.promote`), with a version bump.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medpipe import __version__
+from medpipe.atomic import atomic_write_text, file_sha256
+from medpipe.bundle.classifier import check_crop_size
 from medpipe.bundle.layout import BundleLayout
 from medpipe.bundle.workflow import build_workflow, device_expression, parsed
 from medpipe.data.checks import check_labelled_cases
 from medpipe.data.manifest import load_manifest
 from medpipe.errors import Code, find_medpipe_error
 from medpipe.perf import tune_malloc
+from medpipe.transfer import freeze as apply_freeze
+from medpipe.transfer import init_from, regroup_optimizer
+
+#: Where runs go by default, relative to the current directory (git-ignored in this repository).
+RUNS_DIR = "runs"
+RUN_FILE = "run.json"
 
 
 def training_overrides(
@@ -66,9 +84,6 @@ def prepare_transfer(
 ) -> None:
     """Load pretrained weights into the built network, freeze, and regroup the optimizer -- after the
     network exists and before the optimizer, LR scheduler and trainer are built from the config."""
-    from medpipe.transfer import freeze as apply_freeze
-    from medpipe.transfer import init_from, regroup_optimizer
-
     if not lr_scale > 0:
         raise Code.CONFIG_BAD_OVERRIDE(f"--pretrained-lr-scale must be > 0, got {lr_scale}")
     network = parsed(wf, "network")
@@ -86,40 +101,91 @@ def prepare_transfer(
     echo("optimizer groups: " + ", ".join(f"{name} {n} tensors lr {lr:.2e}" for name, n, lr in groups))
 
 
-def train(
-    bundle: str | Path,
-    *,
-    manifest: str | Path | None = None,
-    max_epochs: int | None = None,
-    device: str | None = None,
-    sets: Mapping[str, Any] | None = None,
-    verbose: bool = False,
-    echo: Any = print,
-    init_from: str | Path | None = None,
-    freeze: str = "none",
-    pretrained_lr_scale: float = 1.0,
-) -> dict[str, Any]:
-    """Train ``bundle``; returns the training record (also written as ``training_metrics.json``).
+@dataclass(frozen=True)
+class TrainOptions:
+    """What ``medpipe train`` may change about a bundle's own training (everything else is its config)."""
 
-    ``init_from``/``freeze``/``pretrained_lr_scale``: transfer learning, see :mod:`medpipe.transfer`."""
+    #: datalist to train on (config id ``manifest``); default: the bundle's
+    manifest: str | Path | None = None
+    max_epochs: int | None = None
+    device: str | None = None
+    #: ``--set ID=VALUE`` overrides (ids must exist in the configs)
+    sets: Mapping[str, Any] = field(default_factory=dict)
+    #: the run folder; default ``runs/<bundle>/<YYYYmmdd-HHMMSS>/`` under the current directory
+    output: str | Path | None = None
+    #: also apply the bundle's ``logging.conf``
+    verbose: bool = False
+    #: transfer learning (:mod:`medpipe.transfer`)
+    init_from: str | Path | None = None
+    freeze: str = "none"
+    pretrained_lr_scale: float = 1.0
+    #: the command line, recorded in run.json (the CLI sets it)
+    command: str | None = None
+
+
+def run_folder(bundle_name: str, output: str | Path | None = None) -> Path:
+    """The folder of a new run (not created): ``output``, or ``runs/<bundle>/<time>/`` (``-2``... if taken)."""
+    if output is not None:
+        folder = Path(output).expanduser()
+        if folder.exists() and any(folder.iterdir()):
+            raise Code.CONFIG_BAD_OVERRIDE(
+                f"--output {folder} is not empty: a run never writes over another; choose a new folder"
+            )
+        return folder.resolve()
+    base = Path(RUNS_DIR) / bundle_name / time.strftime("%Y%m%d-%H%M%S")
+    folder, n = base, 1
+    while folder.exists():
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
+    return folder.resolve()
+
+
+def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: Any = print) -> dict[str, Any]:
+    """Train ``bundle`` into a new run folder; returns the run record (also written as ``run.json``).
+
+    The bundle's own files are never written: the checkpoint, metrics, curve, log, threshold and the
+    resolved config go to the run folder, and ``medpipe promote`` puts a run's weights into the bundle.
+    """
     tune_malloc()  # freed activations stay in the heap: 1.15x per step on CPU (medpipe.perf)
     layout = BundleLayout.open(bundle)
-    overrides, user_ids = training_overrides(manifest, max_epochs, device, sets)
-    wf = build_workflow(layout, "train", overrides, user_ids=user_ids, logging_conf=verbose)
-    counts = check_training_data(wf)
-    if "crop_size" in wf.parser:  # a crop classifier: refuse a crop the network cannot take, now
-        from medpipe.bundle.classifier import check_crop_size
+    overrides, user_ids = training_overrides(
+        options.manifest, options.max_epochs, options.device, options.sets
+    )
+    folder = run_folder(layout.root.name, options.output)
+    # Both ids a train config may save to point at the run folder, so no config can write into models/.
+    overrides["output_dir"] = overrides["ckpt_dir"] = str(folder)
+    log: list[str] = []  # lines said before the run folder exists, written into its train.log after
 
-        check_crop_size(parsed(wf, "network"), parsed(wf, "crop_size"))
-    if init_from is not None or freeze not in (None, "none") or pretrained_lr_scale != 1.0:
-        prepare_transfer(wf, init_from, freeze or "none", pretrained_lr_scale, echo)
-    ckpt_dir = Path(parsed(wf, "ckpt_dir"))
-    echo(
+    def say(line: str) -> None:
+        echo(line)
+        if folder.is_dir():
+            with open(folder / "train.log", "a", encoding="utf-8") as fp:
+                fp.write("".join(f"{x}\n" for x in [*log, line]))
+            log.clear()
+        else:
+            log.append(line)
+
+    wf = build_workflow(layout, "train", overrides, user_ids=[*user_ids], logging_conf=options.verbose)
+    counts = check_training_data(wf)
+    existed = folder.exists()
+    try:
+        if "crop_size" in wf.parser:  # a crop classifier: refuse a crop the network cannot take, now
+            check_crop_size(parsed(wf, "network"), parsed(wf, "crop_size"))
+        if options.init_from is not None or options.freeze not in (None, "none") or options.pretrained_lr_scale != 1.0:
+            prepare_transfer(wf, options.init_from, options.freeze or "none", options.pretrained_lr_scale, say)
+        parsed(wf, "train::trainer")  # build every component now: config errors surface as CONFIG_INVALID
+    except BaseException:
+        if not existed:  # a refused run leaves no folder behind (TensorBoard's writer may have made it)
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "config.json", json.dumps(wf.parser.get(), indent=1, default=str) + "\n")
+    say(
         f"training {layout.root.name}: {counts.get('train', '?')} training / "
         f"{counts.get('validate', '?')} validation cases, {parsed(wf, 'max_epochs')} epochs on "
-        f"{parsed(wf, 'device')}"
+        f"{parsed(wf, 'device')}; run folder {folder}"
     )
-    parsed(wf, "train::trainer")  # build every component now: config errors surface as CONFIG_INVALID
+    started = time.time()
     start = time.perf_counter()
     try:
         wf.run()
@@ -131,13 +197,51 @@ def train(
     finally:
         wf.finalize()
     seconds = time.perf_counter() - start
-    record_path = ckpt_dir / "training_metrics.json"
-    record: dict[str, Any] = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    record["wall_seconds"] = round(seconds, 1)
-    best = record.get("best_metric")
-    best_txt = f"{best:.4f} (epoch {record.get('best_epoch')})" if best is not None else "n/a"
-    echo(
-        f"done in {seconds / 60:.1f} min: best {record.get('key_metric', 'metric')} {best_txt}; "
-        f"checkpoint {ckpt_dir / 'model.pt'}, metrics {record_path}, curve {ckpt_dir / 'training_curve.png'}"
+    metrics_path = folder / "training_metrics.json"
+    metrics: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics["wall_seconds"] = round(seconds, 1)
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=1))
+    record = run_record(layout, wf, folder, metrics, started, seconds, options.command, overrides, user_ids)
+    atomic_write_text(folder / RUN_FILE, json.dumps(record, indent=1) + "\n")
+    best = metrics.get("best_metric")
+    best_txt = f"{best:.4f} (epoch {metrics.get('best_epoch')})" if best is not None else "n/a"
+    say(
+        f"done in {seconds / 60:.1f} min: best {metrics.get('key_metric', 'metric')} {best_txt}; run folder {folder} "
+        f"(model.pt, training_metrics.json, training_curve.png, train.log, config.json, run.json)"
+    )
+    say(
+        f"the bundle's shipped weights are unchanged; to ship this run: medpipe promote --bundle {layout.root} --run {folder}"
     )
     return record
+
+
+def run_record(
+    layout: BundleLayout,
+    wf: Any,
+    folder: Path,
+    metrics: Mapping[str, Any],
+    started: float,
+    seconds: float,
+    command: str | None,
+    overrides: Mapping[str, Any],
+    user_ids: Sequence[str],
+) -> dict[str, Any]:
+    """``run.json``: which bundle and version trained, with what, for how long, and to what result."""
+    meta = json.loads(layout.metadata.read_text(encoding="utf-8"))
+    weights = folder / "model.pt"
+    return {
+        "bundle": meta.get("name", layout.root.name),
+        "bundle_folder": layout.root.name,
+        "bundle_version": meta.get("version"),
+        "medpipe": __version__,
+        "command": command,
+        "overrides": {k: str(overrides[k]) for k in user_ids},
+        "manifest": str(parsed(wf, "manifest")),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "wall_seconds": round(seconds, 1),
+        "key_metric": metrics.get("key_metric"),
+        "best_metric": metrics.get("best_metric"),
+        "best_epoch": metrics.get("best_epoch"),
+        "epochs_completed": metrics.get("epochs_completed"),
+        "model_sha256": file_sha256(weights) if weights.is_file() else None,
+    }

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from monai.networks.utils import copy_model_state
 
+from medpipe.bundle.weights import load_state_dict
 from medpipe.errors import Code, did_you_mean
 
 #: Names of the final (task-specific) layer of the network families medpipe ships.
@@ -72,10 +74,6 @@ def resolve_source(source: str | Path) -> Path:
 
 def init_from(network: torch.nn.Module, source: str | Path) -> InitReport:
     """Copy every source weight whose name and shape match into ``network`` (in place)."""
-    from monai.networks.utils import copy_model_state
-
-    from medpipe.bundle.export import load_state_dict
-
     path = resolve_source(source)
     src = load_state_dict(path)
     # checkpoints saved from DataParallel/DDP wrappers carry a "module." prefix

@@ -29,6 +29,8 @@ WORKFLOW_LAYERS: dict[str, tuple[str, ...]] = {
     "train": ("common", "train"),
     "evaluate": ("common", "train", "evaluate"),
     "inference": ("common", "inference"),
+    # a crop classifier used by ``medpipe infer --classifier`` needs only its common definitions
+    "crop": ("common",),
 }
 
 
@@ -88,6 +90,8 @@ class BundleLayout:
         return self.root / "models" / "model.pt"
 
     def workflow_configs(self, workflow: str) -> list[Path]:
-        """Config files to merge for ``workflow`` (``train``, ``evaluate`` or ``inference``)."""
+        """Config files to merge for ``workflow`` (``train``, ``evaluate``, ``inference`` or ``crop``)."""
         layers = WORKFLOW_LAYERS[workflow]
+        if layers == ("common",):
+            return [self.config("common")]
         return [p for p in (self.find_config(n) if n == "common" else self.config(n) for n in layers) if p]

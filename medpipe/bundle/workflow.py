@@ -15,7 +15,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle.properties import InferProperties, TrainProperties
+from monai.utils import BundleProperty, BundlePropertyConfig
 
 from medpipe.bundle.layout import BundleLayout
 from medpipe.bundle.overrides import check_override_ids
@@ -23,25 +26,11 @@ from medpipe.errors import BundleError, Code, find_medpipe_error
 
 #: Ids medpipe may set even when a bundle's config does not define them.
 MEDPIPE_IDS = ("bundle_root",)
-WORKFLOW_TYPES = {"train": "train", "evaluate": "eval", "inference": "infer"}
-
-
-def inference_overrides(manifest: str | Path | None = None, device: str | None = None) -> dict[str, Any]:
-    """Overrides of a bundle's inference config for ``--manifest`` and ``--device`` (evaluate, explain)."""
-    from medpipe.data.manifest import load_manifest
-
-    overrides: dict[str, Any] = {}
-    if manifest is not None:
-        overrides["manifest"] = str(load_manifest(manifest).path)
-    if device is not None:
-        overrides["device"] = device_expression(device)
-    return overrides
+WORKFLOW_TYPES = {"train": "train", "evaluate": "eval", "inference": "infer", "crop": "infer"}
 
 
 def device_expression(device: str) -> str:
     """``--device`` value -> config expression, refusing a device this machine does not have."""
-    import torch
-
     dev = device.strip().lower()
     if dev.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -56,9 +45,6 @@ def device_expression(device: str) -> str:
 
 def missing_properties(parser: ConfigParser, workflow: str) -> list[str]:
     """Required properties of MONAI's bundle specification whose config id is absent (nothing is built)."""
-    from monai.bundle.properties import InferProperties, TrainProperties
-    from monai.utils import BundleProperty, BundlePropertyConfig
-
     props = TrainProperties if workflow == "train" else InferProperties
     return [
         name
@@ -89,7 +75,7 @@ def build_workflow(
     user_ids: Iterable[str] = (),
     logging_conf: bool = False,
 ) -> ConfigWorkflow:
-    """A checked ``ConfigWorkflow`` for ``workflow`` (``train``, ``evaluate`` or ``inference``).
+    """A checked ``ConfigWorkflow`` for ``workflow`` (``train``, ``evaluate``, ``inference`` or ``crop``).
 
     ``overrides`` are applied as MONAI overrides; those named in ``user_ids`` came from the user
     (``--set``) and must exist in the configs.
@@ -118,7 +104,7 @@ def build_workflow(
         wf.initialize()
     finally:
         quiet.setLevel(previous)
-    missing = missing_properties(wf.parser, "train" if workflow == "train" else "infer")
+    missing = [] if workflow == "crop" else missing_properties(wf.parser, "train" if workflow == "train" else "infer")
     if missing:
         raise Code.BUNDLE_MISSING_PROPERTIES(
             f"bundle {layout.root.name} lacks the {workflow} properties {missing} that MONAI's bundle "

@@ -13,7 +13,6 @@ series splits): the UID itself, and any patient identity, never appear in messag
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 from collections import Counter, defaultdict
@@ -33,15 +32,11 @@ from medpipe.dicom.geometry import (
 )
 from medpipe.dicom.headers import FileProblem, FileResult, SliceHeader, read_file, transfer_syntax_problem
 from medpipe.errors import Code, DicomError
+from medpipe.privacy import series_id
 
 #: Below this many files, reading headers in one process beats starting workers (measured: two workers
 #: win from about 64 files; the pool costs 15-20 ms to start).
 PARALLEL_THRESHOLD = 64
-
-
-def series_hash(series_uid: str, length: int = 10) -> str:
-    """Short, stable, non-identifying name of a series (a SHA-256 prefix of its UID)."""
-    return hashlib.sha256(series_uid.encode()).hexdigest()[:length]
 
 
 @dataclass
@@ -305,7 +300,7 @@ def scan(root: str, options: AssemblyOptions = DEFAULT_OPTIONS, *, workers: int 
     index: Counter[str] = Counter()
     for uid, members, notes in grouped:
         index[uid] += 1
-        sid = series_hash(uid) + (f".{index[uid]}" if per_uid[uid] > 1 else "")
+        sid = series_id(uid) + (f".{index[uid]}" if per_uid[uid] > 1 else "")
         stack = Stack(sid, uid, members, notes)
         validate_stack(stack, options)
         stacks.append(stack)

@@ -14,29 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from medpipe.atomic import file_sha256
+from medpipe.data.images import Image, dicom_image, is_nifti, nifti_image
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions
 from medpipe.dicom.scan import Stack, scan
+from medpipe.dicom.volume import load_stack
 from medpipe.errors import Code, MedpipeError, look_up
+from medpipe.privacy import file_id, shown_path
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: What ``--select`` can select on.
 SELECTABLE = ("modality",)
-
-
-@dataclass
-class Loaded:
-    """One series in memory: ``array`` [i, j, k] in its stored units, its affines, and its modality."""
-
-    array: np.ndarray
-    affine_lps: np.ndarray
-    modality: str | None
-    resampled: bool = False  # DICOM slices were interpolated (tilt/gaps): the SEG cannot follow them
-
-    @property
-    def affine_ras(self) -> np.ndarray:
-        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine_lps
 
 
 @dataclass
@@ -52,41 +39,23 @@ class Source:
     error: MedpipeError | None = None
     options: AssemblyOptions = field(default=DEFAULT_OPTIONS, repr=False)
 
-    def load(self) -> Loaded:
+    def load(self) -> Image:
         if self.error is not None:
             raise self.error
         if self.kind == "dicom":
-            from medpipe.dicom.volume import load_stack
+            return dicom_image(load_stack(self.stack, self.options))  # type: ignore[arg-type]
+        return nifti_image(self.path)  # type: ignore[arg-type]
 
-            vol = load_stack(self.stack, self.options)  # type: ignore[arg-type]
-            return Loaded(vol.array, vol.affine_lps, self.modality, bool(vol.meta.get("resampled")))
-        from medpipe.data.nifti import validate_nifti
-
-        image = validate_nifti(self.path)  # type: ignore[arg-type]
-        ras = np.asarray(image.affine, dtype=np.float64)
-        return Loaded(np.asanyarray(image.dataobj), np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras, None)
-
-
-def _is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        while block := fp.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    def location(self, root: Path) -> str:
+        """Where the input lies, relative to the input folder (for ``--show-paths`` only)."""
+        where = self.path if self.path is not None else Path(self.stack.slices[0].path).parent  # type: ignore[union-attr]
+        return shown_path(where, True, root) or ""
 
 
 def stack_fingerprint(stack: Stack) -> str:
     """Series UID + sorted SOP instance UIDs (+ frame numbers): changes when any image is added or replaced."""
     items = sorted(f"{s.sop_instance_uid}/{s.frame}" for s in stack.slices)
     return hashlib.sha256("\n".join([stack.series_uid, stack.id, *items]).encode()).hexdigest()
-
-
-def _file_id(path: Path) -> str:
-    return "file-" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
 
 
 @dataclass
@@ -105,8 +74,8 @@ def discover(
         raise Code.INPUT_NOT_FOUND(f"{path} does not exist")
     niftis = (
         [path]
-        if _is_nifti(path)
-        else sorted(p for p in path.rglob("*") if _is_nifti(p) and not p.name.startswith("."))
+        if (path.is_file() and is_nifti(path))
+        else sorted(p for p in path.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
         if path.is_dir()
         else []
     )
@@ -121,7 +90,7 @@ def discover(
         Source(s.id, "dicom", stack_fingerprint(s), s.modality, stack=s, error=s.error, options=options)
         for s in result.stacks
     ]
-    unreadable = [(_file_id(Path(p.path)), p.code, p.message) for p in result.problems]
+    unreadable = [(file_id(p.path), p.code, p.message) for p in result.problems]
     if not sources:
         raise Code.INPUT_NO_IMAGES(
             f"no DICOM series or NIfTI file under the input ({result.nothing_usable_message()})",

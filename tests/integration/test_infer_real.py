@@ -40,10 +40,10 @@ def _check_series(out: Path, converted: Path, stack) -> np.ndarray:
 def _run_hippocampus(source: Path, tmp_path: Path, n_series: int) -> None:
     from medpipe.convert import convert
     from medpipe.dicom.scan import scan
-    from medpipe.infer.run import infer
+    from medpipe.infer.run import InferOptions, infer
 
     out = tmp_path / "out"
-    summary = infer(REPO / "bundles" / "hippocampus_mri", source, out, echo=lambda _: None, progress=False)
+    summary = infer(REPO / "bundles" / "hippocampus_mri", source, out, InferOptions(progress=False), echo=lambda _: None)
     assert (summary["series"], summary["done"], summary["failed"]) == (n_series, n_series, 0)
     convert(source, tmp_path / "nii")
     with open(out / "lesions.csv", newline="") as fp:
@@ -80,10 +80,10 @@ def test_hippocampus_bundle_on_the_whole_udacity_folder(tmp_path: Path) -> None:
 def test_lung_bundle_on_the_real_cptac_chest_ct(tmp_path: Path) -> None:
     from medpipe.convert import convert
     from medpipe.dicom.scan import scan
-    from medpipe.infer.run import infer
+    from medpipe.infer.run import InferOptions, infer
 
     out = tmp_path / "out"
-    summary = infer(REPO / "bundles" / "lung_nodule_ct", CPTAC, out, echo=lambda _: None, progress=False)
+    summary = infer(REPO / "bundles" / "lung_nodule_ct", CPTAC, out, InferOptions(progress=False), echo=lambda _: None)
     assert (summary["done"], summary["failed"]) == (1, 0)
     convert(CPTAC, tmp_path / "nii")
     (stack,) = scan(str(CPTAC)).stacks

@@ -84,7 +84,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from medpipe.infer.run import infer
+    from medpipe.infer.run import InferOptions, infer
 
     root = tmp_path_factory.mktemp("infer")
     inputs = root / "in"
@@ -99,9 +99,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     classifier = _classifier_bundle(root)
     logs: list[str] = []
     out = root / "out"
-    summary = infer(
-        BUNDLE, inputs, out, classifier=classifier, overrides=FAST, echo=logs.append, progress=False
-    )
+    options = InferOptions(classifier=classifier, overrides=FAST, progress=False)
+    summary = infer(BUNDLE, inputs, out, options, echo=logs.append)
     return {"root": root, "inputs": inputs, "good": good, "out": out, "summary": summary, "logs": logs,
             "classifier": classifier}  # fmt: skip
 
@@ -158,7 +157,7 @@ def test_seg_passes_dciodvfy_and_reads_back_to_the_nifti_mask(run: dict) -> None
             and segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "27925004"
         )
         algo = segment.SegmentationAlgorithmIdentificationSequence[0]
-        assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("Lung nodule CT segmentation", "0.1.0")
+        assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("Lung nodule CT segmentation", "0.1.1")
         if dciodvfy is None:
             continue
         report = subprocess.run([dciodvfy, str(seg_path)], capture_output=True, text=True).stderr
@@ -225,7 +224,9 @@ def test_rerun_skips_done_series_and_the_cli_reports_partial_success(run: dict) 
 
 
 def test_interrupted_run_leaves_no_partial_files_and_resumes(run: dict, tmp_path: Path) -> None:
-    from medpipe.infer.run import infer
+    from medpipe.infer.run import InferOptions, infer
+
+    nifti_only = InferOptions(formats=["nifti"], overrides=FAST, progress=False)
 
     out = tmp_path / "out"
     inputs = tmp_path / "in"
@@ -237,16 +238,13 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(run: dict, tmp_path
         raise KeyboardInterrupt  # as a Ctrl-C (or a kill) right after the first series is complete
 
     with pytest.raises(KeyboardInterrupt):
-        infer(BUNDLE, inputs, out, formats=["nifti"], overrides=FAST, echo=lambda _: None, progress=False,
-              after_series=stop_after_first)  # fmt: skip
+        infer(BUNDLE, inputs, out, nifti_only, echo=lambda _: None, after_series=stop_after_first)
     assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
     done = [p.parent.name for p in out.glob("*/done.json")]
     assert len(done) == 1 and len([p for p in out.iterdir() if p.is_dir()]) == 1
     assert len(_rows(out / "results.csv")) == 1  # the run-level reports say what was done so far
 
-    summary = infer(
-        BUNDLE, inputs, out, formats=["nifti"], overrides=FAST, echo=lambda _: None, progress=False
-    )
+    summary = infer(BUNDLE, inputs, out, nifti_only, echo=lambda _: None)
     assert (summary["done"], summary["skipped"], summary["failed"]) == (1, 1, 0)
     assert not list(out.rglob("*_seg.dcm"))  # --format nifti only
     # a different bundle version (or weights, or input) is not "done": the series runs again
@@ -254,34 +252,33 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(run: dict, tmp_path
     content = json.loads(record.read_text())
     content["record"]["bundle_version"] = "0.0.9"
     record.write_text(json.dumps(content))
-    summary = infer(
-        BUNDLE, inputs, out, formats=["nifti"], overrides=FAST, echo=lambda _: None, progress=False
-    )
+    summary = infer(BUNDLE, inputs, out, nifti_only, echo=lambda _: None)
     assert (summary["done"], summary["skipped"]) == (1, 1)
 
 
-def test_slab_inversion_equals_the_bundles_invertd(run: dict) -> None:
-    from medpipe.infer.run import SegModel
+def test_slab_inversion_equals_the_bundles_invertd(run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medpipe.bundle import model as model_module
+    from medpipe.bundle.model import BundleModel
     from medpipe.infer.sources import discover
 
-    model = SegModel.open(BUNDLE, FAST, ())
-    assert model.lean_split() is not None
-    loaded = discover(run["good"][0]).sources[0].load()
+    model = BundleModel.open(BUNDLE, overrides=FAST)
+    assert model_module.lean_split(model.postprocessing) is not None
+    image = discover(run["good"][0]).sources[0].load()
     model.slab_voxels = 20_000  # many slabs
-    lean = model.predict(loaded, "x")
-    model.lean_split = lambda: None  # type: ignore[method-assign]
-    full = model.predict(loaded, "x")
+    lean = model.segment(image)
+    monkeypatch.setattr(model_module, "lean_split", lambda post: None)  # the bundle's own Invertd
+    full = model.segment(image)
     assert lean.sum() > 0
     assert (lean != full).mean() < 1e-4, (lean != full).sum()
 
 
 def test_nifti_input_gets_mask_and_table_but_no_seg(run: dict, tmp_path: Path) -> None:
     from medpipe.convert import convert
-    from medpipe.infer.run import infer
+    from medpipe.infer.run import InferOptions, infer
 
     conv = tmp_path / "nii"
     convert(run["good"][0], conv)
-    summary = infer(BUNDLE, conv, tmp_path / "out", overrides=FAST, echo=lambda _: None, progress=False)
+    summary = infer(BUNDLE, conv, tmp_path / "out", InferOptions(overrides=FAST, progress=False), echo=lambda _: None)
     assert (summary["done"], summary["failed"]) == (1, 0)
     (folder,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
     assert folder.name.startswith("nii-") and not list(folder.glob("*.dcm"))
@@ -311,24 +308,24 @@ def test_cli_exit_3_when_nothing_can_be_processed(run: dict, tmp_path: Path) -> 
 def test_out_of_memory_on_one_series_is_recorded_and_the_run_goes_on(
     run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from medpipe.bundle.model import BundleModel
     from medpipe.infer import run as run_module
 
-    real_predict = run_module.SegModel.predict
+    real_segment = BundleModel.segment
     calls = []
 
-    def predict(self, loaded, series_id):  # the first series exhausts memory, the next one is fine
-        calls.append(series_id)
+    def segment(self, image, name="image"):  # the first series exhausts memory, the next one is fine
+        calls.append(name.removeprefix("series "))
         if len(calls) == 1:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_predict(self, loaded, series_id)
+        return real_segment(self, image, name)
 
-    monkeypatch.setattr(run_module.SegModel, "predict", predict)
+    monkeypatch.setattr(BundleModel, "segment", segment)
     inputs = tmp_path / "in"
     for folder in run["good"]:
         shutil.copytree(folder, inputs / folder.name)
-    summary = run_module.infer(
-        BUNDLE, inputs, tmp_path / "out", formats=["nifti"], echo=lambda _: None, progress=False
-    )
+    options = run_module.InferOptions(formats=["nifti"], progress=False)
+    summary = run_module.infer(BUNDLE, inputs, tmp_path / "out", options, echo=lambda _: None)
     assert (summary["done"], summary["failed"]) == (1, 1)
     (failure,) = _rows(tmp_path / "out" / "failures.csv")
     assert failure["code"] == "INFER_OUT_OF_MEMORY" and failure["series"] == calls[0]

@@ -36,27 +36,44 @@ def monai_bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the bundle trained for one epoch on the tiny phantoms; returns the bundle folder."""
+    """A copy of the bundle trained for one epoch on the tiny phantoms into a run folder, and the run
+    promoted into the copy (so its models/model.pt is the run's); returns the bundle folder."""
     work = tmp_path_factory.mktemp("bundle")
     bundle = work / "lung_nodule_ct"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("model.pt", "model.ts", "runs", "eval"))
-    args = ["train", "--bundle", str(bundle), "--manifest", str(tiny_dataset), "--max-epochs", "1", "--device", "cpu"]
-    for s in TINY + [f"output_dir={work / 'runs'}"]:
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("model.ts", "runs", "eval"))
+    shipped = {f.name: f.read_bytes() for f in (bundle / "models").iterdir()}
+    args = ["train", "--bundle", str(bundle), "--manifest", str(tiny_dataset), "--max-epochs", "1", "--device", "cpu",
+            "--output", str(work / "run")]  # fmt: skip
+    for s in TINY:
         args += ["--set", s]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert "epoch 1/1" in result.output and "val_mean_dice" in result.output
+    assert "epoch 1/1" in result.output and "val_mean_dice" in result.output and "medpipe promote" in result.output
+    assert {f.name: f.read_bytes() for f in (bundle / "models").iterdir()} == shipped  # the run wrote elsewhere
+    promoted = CliRunner().invoke(cli, ["promote", "--bundle", str(bundle), "--run", str(work / "run")])
+    assert promoted.exit_code == 0, promoted.output
     return bundle
 
 
-def test_training_writes_checkpoint_metrics_and_curve(trained: Path) -> None:
-    models = trained / "models"
-    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+def test_training_writes_a_run_folder_and_promote_ships_it(trained: Path) -> None:
+    run = trained.parent / "run"
+    state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.endswith("weight") for k in state)
-    record = json.loads((models / "training_metrics.json").read_text())
+    record = json.loads((run / "training_metrics.json").read_text())
     assert record["epochs_completed"] == 1 and len(record["history"]) == 1
     assert 0.0 <= record["best_metric"] <= 1.0 and np.isfinite(record["history"][0]["loss"])
-    assert (models / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "epoch 1/1" in (run / "train.log").read_text()
+    assert json.loads((run / "config.json").read_text())["max_epochs"] == 1  # the resolved config
+    info = json.loads((run / "run.json").read_text())
+    assert info["bundle_folder"] == "lung_nodule_ct" and info["best_epoch"] == 1
+    # promoted: same bytes in models/, a version bump and a changelog entry naming the run
+    assert (trained / "models" / "model.pt").read_bytes() == (run / "model.pt").read_bytes()
+    meta = json.loads((trained / "configs" / "metadata.json").read_text())
+    old = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
+    major, minor, _ = (int(v) for v in old.split("."))
+    assert meta["version"] == f"{major}.{minor + 1}.0" and "run" in meta["changelog"][meta["version"]]
+    assert json.loads((trained / "models" / "training_run.json").read_text()) == info
 
 
 def test_inference_from_another_directory_keeps_shape_and_affine(
@@ -129,5 +146,6 @@ def test_train_config_runs_under_monai_bundle(tiny_dataset: Path, tmp_path: Path
         "--pixdim", json.dumps(list(TINY_SPACING)), "--roi_size", "[32,32,16]", "--val_interval", "1",
         cwd=tmp_path,
     )
-    assert (tmp_path / "models" / "model.pt").is_file()
-    assert (tmp_path / "models" / "training_metrics.json").is_file()
+    assert (tmp_path / "runs" / "model.pt").is_file()  # into output_dir: never into models/
+    assert (tmp_path / "runs" / "training_metrics.json").is_file()
+    assert not (tmp_path / "models").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -58,52 +59,47 @@ def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_one_epoch_from_pretrained_with_frozen_backbone(crops, random_bundle, tmp_path):
-    from medpipe.train import train
+    from medpipe.train import TrainOptions, train
 
     lines: list[str] = []
-    record = train(
-        random_bundle,
+    options = TrainOptions(
         manifest=crops,
         max_epochs=1,
         device="cpu",
-        sets={
-            "ckpt_dir": str(tmp_path / "out"),
-            "output_dir": str(tmp_path / "runs"),
-            "batch_size": 8,
-            "initialize": ONE_THREAD,
-        },
-        echo=lines.append,
+        sets={"batch_size": 8, "initialize": ONE_THREAD},
+        output=tmp_path / "out",
         init_from=random_bundle,
         freeze="until:layer2",
         pretrained_lr_scale=0.1,
     )
+    record = train(random_bundle, options, echo=lines.append)
     text = "\n".join(lines)
     assert "loaded" in text and "skipped 0" in text
     assert "freeze until:layer2:" in text and "parameters trainable" in text
     assert "pretrained" in text and "lr" in text
     assert record["epochs_completed"] == 1 and 0 <= record["best_metric"] <= 1
+    assert "freeze until:layer2:" in (tmp_path / "out" / "train.log").read_text()  # the log has it too
     saved = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
     start = torch.load(random_bundle / "models" / "model.pt", weights_only=True)
     assert torch.equal(saved["conv1.weight"], start["conv1.weight"])  # frozen
     assert torch.equal(saved["layer2.0.conv1.weight"], start["layer2.0.conv1.weight"])
     assert not torch.equal(saved["layer3.0.conv1.weight"], start["layer3.0.conv1.weight"])  # trained
     threshold = json.loads((tmp_path / "out" / "threshold.json").read_text())
-    assert 0 <= threshold["threshold"] <= 1 and threshold["n_validation"] == SPLITS["validation"]
+    assert 0 <= threshold["threshold"] <= 1 and threshold["validation"]["n"] == SPLITS["validation"]
+    assert threshold["criterion"] == "youden" and threshold["epoch"] == 1
 
 
 def test_train_refuses_bad_transfer_options(crops, random_bundle, tmp_path):
-    from medpipe.train import train
+    from medpipe.train import TrainOptions, train
 
-    sets = {"ckpt_dir": str(tmp_path / "out"), "output_dir": str(tmp_path / "runs")}
+    base = TrainOptions(manifest=crops, max_epochs=1, output=tmp_path / "out")
     with pytest.raises(BundleError) as e:
-        train(
-            random_bundle, manifest=crops, max_epochs=1, sets=sets, echo=lambda s: None, freeze="until:layer9"
-        )
+        train(random_bundle, replace(base, freeze="until:layer9"), echo=lambda s: None)
     assert e.value.code == "FREEZE_UNKNOWN_LAYER" and "layer" in str(e.value)
     with pytest.raises(BundleError) as e:
-        train(random_bundle, manifest=crops, max_epochs=1, sets={**sets, "crop_size": [0, 0, 0]}, echo=print)
+        train(random_bundle, replace(base, sets={"crop_size": [0, 0, 0]}), echo=print)
     assert e.value.code == "BUNDLE_CROP_SIZE_INVALID"
-    assert not (tmp_path / "out" / "model.pt").exists()
+    assert not (tmp_path / "out").exists()  # a refused run leaves nothing behind
 
 
 def test_regression_head_is_a_config_change(crops):
@@ -163,8 +159,9 @@ def test_explain_writes_aligned_maps_montage_and_probabilities(crops, random_bun
     cam = nib.load(record["files"]["gradcampp"]).get_fdata()
     assert cam.max() > 0 and cam.min() >= -1e-4
     assert Path(record["files"]["montage"]).stat().st_size > 5000
-    saved = json.loads((tmp_path / "x" / f"{path.name.split('.nii')[0]}_probabilities.json").read_text())
+    saved = json.loads((tmp_path / "x" / f"{record['input']}_probabilities.json").read_text())
     assert saved["probabilities"] == probs
+    assert record["input"].startswith("nii-") and record["input_path"] is None  # no file name, no path
 
 
 def test_explain_bad_input(random_bundle, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medpipe.bundle.export import load_state_dict
+from medpipe.bundle.weights import load_state_dict
 from medpipe.errors import BundleError
 
 

@@ -1,21 +1,14 @@
-"""Classifier-bundle helpers: crop-size check, class weights, validation threshold."""
+"""Classifier-bundle helpers: crop-size check and class weights; the shipped malignancy weights."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from monai.networks.nets import DenseNet121
 
-from medpipe.bundle.classifier import (
-    ValidationThreshold,
-    binary_figures,
-    check_crop_size,
-    class_weights,
-    youden_threshold,
-)
+from medpipe.bundle.classifier import check_crop_size, class_weights
 from medpipe.errors import BundleError
 from tests.conftest import REPO
 
@@ -74,35 +67,8 @@ def test_class_weights_balance_the_classes():
     assert class_weights([{"label": 0}] * 4, 2)[1] == 1.0
 
 
-def test_threshold_and_handler(tmp_path):
-    prob = np.array([0.1, 0.2, 0.35, 0.4, 0.6, 0.7, 0.8, 0.9])
-    label = np.array([0, 0, 0, 1, 0, 1, 1, 1])
-    thr = youden_threshold(prob, label)
-    assert 0.35 < thr <= 0.4 or 0.6 < thr <= 0.7
-    figs = binary_figures(prob, label, thr)
-    assert figs["accuracy"] == pytest.approx(7 / 8) and figs["auc"] == pytest.approx(15 / 16)
-
-    class State:
-        pass
-
-    engine = State()
-    engine.state = State()
-    engine.state.metrics, engine.state.epoch, engine.state.best_metric_epoch = {}, 3, 3
-    h = ValidationThreshold(tmp_path)
-    h._reset(engine)
-    engine.state.output = [
-        {"pred": torch.tensor([1 - p, p]), "label": torch.nn.functional.one_hot(torch.tensor(int(y)), 2)}
-        for p, y in zip(prob, label, strict=True)
-    ]
-    h._collect(engine)
-    h._completed(engine)
-    saved = json.loads((tmp_path / "threshold.json").read_text())
-    assert saved["threshold"] == pytest.approx(thr) and saved["epoch"] == 3
-    assert engine.state.metrics["val_accuracy"] == pytest.approx(7 / 8)
-
-
 def test_shipped_weights_fit_the_network_and_threshold_is_a_probability():
-    from medpipe.bundle.export import load_state_dict
+    from medpipe.bundle.weights import load_state_dict
 
     net, crop = bundle_network()
     net.load_state_dict(load_state_dict(MALIGNANCY / "models" / "model.pt"))  # strict: every tensor fits

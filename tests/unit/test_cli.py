@@ -105,3 +105,23 @@ def test_invalid_component_value_is_one_line(tiny_dataset: Path, tmp_path: Path)
 
 def test_usage_error_exit_2() -> None:
     assert run("train").exit_code == 2
+
+
+def test_a_refused_training_leaves_no_run_folder(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # runs/ goes under the current directory by default
+    assert_coded(run("train", "--bundle", str(BUNDLE), "--set", "train::dataloader::batchsize=4"), "CONFIG_UNKNOWN_ID")
+    assert_coded(
+        run("train", "--bundle", str(BUNDLE), "--manifest", str(tiny_dataset), "--set", "network_def::norm=nonsense"),
+        "CONFIG_INVALID",
+    )  # refused while building the trainer, after TensorBoard's writer made its folder
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_refuses_an_output_folder_that_holds_another_run(tiny_dataset: Path, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.pt").write_bytes(b"earlier run")
+    line = assert_coded(
+        run("train", "--bundle", str(BUNDLE), "--manifest", str(tiny_dataset), "--output", str(tmp_path / "run")),
+        "CONFIG_BAD_OVERRIDE",
+    )
+    assert "not empty" in line and (tmp_path / "run" / "model.pt").read_bytes() == b"earlier run"

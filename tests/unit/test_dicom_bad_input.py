@@ -24,10 +24,11 @@ from pydicom.uid import generate_uid
 
 from medpipe.cli import cli
 from medpipe.dicom.geometry import AssemblyOptions
-from medpipe.dicom.scan import ScanResult, Stack, scan, series_hash
+from medpipe.dicom.scan import ScanResult, Stack, scan
 from medpipe.dicom.volume import load_dicom
 from medpipe.dicom.writer import write_ct_series
 from medpipe.errors import EXIT_INPUT_ERROR, EXIT_PARTIAL, DicomError
+from medpipe.privacy import series_id
 from tests.conftest import REPO
 
 SHAPE = (16, 12, 6)  # columns, rows, slices: non-square so a swapped axis shows
@@ -57,7 +58,7 @@ def new_instance(ds: pydicom.Dataset) -> None:
 
 
 def stack_of(result: ScanResult, first_file: Path) -> Stack:
-    return result.get(series_hash(uid_of(first_file)))
+    return result.get(series_id(uid_of(first_file)))
 
 
 @pytest.fixture
@@ -415,9 +416,9 @@ def _identify(paths: list[Path]) -> dict[str, str]:
         ds.save_as(path)
         values[f"SOPInstanceUID {path.name}"] = str(ds.SOPInstanceUID)
     ds = pydicom.dcmread(paths[0])
-    values[f"SeriesInstanceUID {series_hash(series)}"] = series
-    values[f"StudyInstanceUID {series_hash(series)}"] = str(ds.StudyInstanceUID)
-    values[f"FrameOfReferenceUID {series_hash(series)}"] = str(ds.FrameOfReferenceUID)
+    values[f"SeriesInstanceUID {series_id(series)}"] = series
+    values[f"StudyInstanceUID {series_id(series)}"] = str(ds.StudyInstanceUID)
+    values[f"FrameOfReferenceUID {series_id(series)}"] = str(ds.FrameOfReferenceUID)
     return values
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from medpipe.atomic import file_sha256
 from medpipe.cli import cli
 from medpipe.dicom.reader import DicomSeriesReader
 from medpipe.dicom.volume import load_dicom
@@ -142,7 +143,9 @@ def test_convert_nifti_passthrough_keeps_voxels_and_affine(tmp_path):
     src = _nifti(tmp_path / "ct.nii", data)
     result = CliRunner().invoke(cli, ["convert", str(src), "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    out = nib.load(tmp_path / "out" / "ct.nii.gz")
+    (path,) = (tmp_path / "out").glob("*.nii.gz")
+    assert path.name == f"nii-{file_sha256(src)[:10]}.nii.gz"  # named by content, never by file name
+    out = nib.load(path)
     np.testing.assert_array_equal(np.asanyarray(out.dataobj), data)
     np.testing.assert_allclose(out.affine, nib.load(src).affine)
 

@@ -21,10 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.transforms import RandGaussianNoise, Rotate, ScaleIntensity, ShiftIntensity
 
 from medpipe.atomic import atomic_path, atomic_write_text
-from medpipe.errors import look_up
-from medpipe.evaluate_cls import figures, labelled_entries, load_classifier, predict
+from medpipe.bundle.model import BundleModel
+from medpipe.errors import Code, look_up
+from medpipe.evaluate.classification import labelled_entries
+from medpipe.evaluate.metrics import classification_figures
+from medpipe.evaluate.threshold import threshold_beside
+from medpipe.tables import write_csv
+from medpipe.tta import CubeSymmetryInferer
 
 #: Default strengths per perturbation; 0 (the clean input) is always scored once.
 STRENGTHS: dict[str, tuple[float, ...]] = {
@@ -38,7 +44,6 @@ COLUMNS = ("perturbation", "strength", "tta", "auc", "accuracy", "f1", "precisio
 
 def perturbation(kind: str, strength: float, seed: int = 0) -> Callable[[Any, int], Any]:
     """``f(image, case_index)`` applying ``kind`` at ``strength`` with a per-case seeded MONAI transform."""
-    from monai.transforms import RandGaussianNoise, Rotate, ScaleIntensity, ShiftIntensity
 
     def rng(i: int) -> np.random.RandomState:
         return np.random.RandomState(seed * 100_003 + i)
@@ -82,59 +87,60 @@ def robustness(
     split: str = "test",
     output: str | Path | None = None,
     device: str | None = None,
+    weights: str | Path | None = None,
     strengths: Mapping[str, Sequence[float]] | None = None,
     tta: int = 8,
     max_cases: int | None = None,
     echo: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Score ``bundle`` on ``split`` under each perturbation and strength, without and with TTA."""
-    from medpipe.tta import CubeSymmetryInferer
-
-    clf = load_classifier(bundle, manifest=manifest, device=device)
-    entries, label = labelled_entries(clf, split)
+    model = BundleModel.open(bundle, weights=weights, manifest=manifest, device=device)
+    if model.kind != "classification":
+        raise Code.ROBUSTNESS_UNSUPPORTED(
+            f"--robustness is implemented for classifier bundles; {model.layout.root.name} is a segmentation bundle"
+        )
+    entries, label = labelled_entries(model, split)
     if max_cases is not None:
         entries, label = entries[:max_cases], label[:max_cases]
+    record = threshold_beside(model.weights.path)
+    threshold = None if record is None else record.threshold
     strengths = dict(STRENGTHS if strengths is None else strengths)
     inferers = {"none": CubeSymmetryInferer(1), f"cube{tta}": CubeSymmetryInferer(tta)}
-    out_dir = Path(output) if output else clf["layout"].root / "eval" / f"{split}_robustness"
+    name = model.layout.root.name
+    out_dir = Path(output) if output else model.layout.root / "eval" / f"{split}_robustness"
     conditions = [("none", 0.0)] + [(k, float(s)) for k, values in strengths.items() for s in values]
     echo(
-        f"robustness of {clf['layout'].root.name} on split '{split}' ({len(entries)} cases): "
-        f"{len(conditions)} conditions x {len(inferers)} inferers"
+        f"robustness of {name} on split '{split}' ({len(entries)} cases): "
+        f"{len(conditions)} conditions x {len(inferers)} inferers; weights {model.describe_weights()}"
     )
     echo(f"{'perturbation':<16} {'strength':>8} {'tta':>7} {'AUC':>7} {'acc':>7} {'F1':>7}")
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     for kind, strength in conditions:
         perturb = None if kind == "none" else perturbation(kind, strength)
-        for name, inferer in inferers.items():
-            prob = predict(
-                entries, clf["preprocessing"], clf["network"], inferer, clf["device"], perturb=perturb
-            )
-            result, _ = figures(prob, label, clf["threshold"])
-            row = {"perturbation": kind, "strength": strength, "tta": name}
+        for tta_name, inferer in inferers.items():
+            prob = model.probabilities(entries, inferer=inferer, perturb=perturb)
+            result = classification_figures(prob, label, threshold)
+            row = {"perturbation": kind, "strength": strength, "tta": tta_name}
             row.update({k: result[k] for k in COLUMNS[3:]})
             rows.append(row)
             echo(
-                f"{kind:<16} {strength:>8g} {name:>7} {row['auc']:7.4f} {row['accuracy']:7.4f} {row['f1']:7.4f}"
+                f"{kind:<16} {strength:>8g} {tta_name:>7} {row['auc']:7.4f} {row['accuracy']:7.4f} {row['f1']:7.4f}"
             )
-    lines = [",".join(COLUMNS)] + [
-        ",".join(str(r[c]) if isinstance(r[c], str) else f"{r[c]:.4f}" for c in COLUMNS) for r in rows
-    ]
-    atomic_write_text(out_dir / "robustness.csv", "\n".join(lines) + "\n")
+    write_csv(out_dir / "robustness.csv", rows, COLUMNS)
     meta = {
-        "bundle": clf["layout"].root.name,
+        "bundle": name,
+        "bundle_version": model.version,
+        "weights_sha256": model.weights.sha256,
         "split": split,
         "cases": len(entries),
-        "threshold": clf["threshold"],
+        "threshold": threshold,
         "seconds": round(time.perf_counter() - start, 1),
         "rows": rows,
     }
     atomic_write_text(out_dir / "robustness.json", json.dumps(meta, indent=1) + "\n")
-    _plot(rows, strengths, out_dir / "robustness.png", clf["layout"].root.name)
-    echo(
-        f"{len(rows)} rows in {meta['seconds']:.0f} s; table {out_dir / 'robustness.csv'}, plot {out_dir / 'robustness.png'}"
-    )
+    _plot(rows, strengths, out_dir / "robustness.png", name)
+    echo(f"{len(rows)} rows in {meta['seconds']:.0f} s; robustness.csv, .json and .png in {out_dir}")
     return rows
 
 

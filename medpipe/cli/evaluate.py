@@ -1,0 +1,110 @@
+"""``medpipe evaluate`` and ``explain``: how good a bundle is on labelled data, and where it looked."""
+
+from __future__ import annotations
+
+import click
+
+from medpipe.cli.options import bundle_option, device_option, show_paths_option, weights_option
+
+
+@click.command()
+@bundle_option
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Datalist to score (default: the bundle's).",
+)
+@click.option("--split", default="test", show_default=True, help="Manifest split to score (it needs labels).")
+@click.option(
+    "--output", type=click.Path(file_okay=False, path_type=str), help="Default: <bundle>/eval/<split>."
+)
+@device_option
+@weights_option
+@click.option(
+    "--nsd-tolerance", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="mm."
+)
+@click.option(
+    "--robustness",
+    is_flag=True,
+    help="Classifiers: re-score under noise, intensity shift/scale and rotation at graded strengths, with and "
+    "without test-time augmentation (robustness.csv + .png).",
+)
+@click.option(
+    "--tta", type=click.IntRange(1, 48), default=8, show_default=True, help="--robustness: cube symmetries."
+)
+@show_paths_option
+def evaluate(
+    bundle: str,
+    manifest: str | None,
+    split: str,
+    output: str | None,
+    device: str | None,
+    weights: str | None,
+    nsd_tolerance: float,
+    robustness: bool,
+    tta: int,
+    show_paths: bool,
+) -> None:
+    """Score the bundle's shipped prediction path on a labelled split.
+
+    Segmentation bundles: per-case Dice, HD95 and surface Dice per class, in each case's original grid
+    (metrics.csv, summary.json). Classifier bundles (metadata output type "probabilities"): AUC,
+    accuracy, F1, precision, recall and confusion matrix at the stored threshold (predictions.csv,
+    summary.json). Cases are named by their manifest case_id or a hash of their path (--show-paths adds it).
+    """
+    if robustness:
+        from medpipe.evaluate.robustness import robustness as run_robustness
+
+        run_robustness(
+            bundle, manifest=manifest, split=split, output=output, device=device, weights=weights, tta=tta,
+            echo=click.echo,
+        )  # fmt: skip
+        return
+    from medpipe.evaluate import evaluate as run_evaluate
+
+    run_evaluate(
+        bundle, manifest=manifest, split=split, output=output, device=device, weights=weights,
+        nsd_tolerance_mm=nsd_tolerance, show_paths=show_paths, echo=click.echo,
+    )  # fmt: skip
+
+
+@click.command()
+@bundle_option
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=str,
+    help="NIfTI file or DICOM series folder (folder#id for one series of several).",
+)
+@click.option(
+    "--output", required=True, type=click.Path(file_okay=False, path_type=str), help="Output folder."
+)
+@click.option("--method", type=click.Choice(["gradcam", "gradcampp"]), default="gradcam", show_default=True)
+@click.option("--occlusion", is_flag=True, help="Also compute occlusion sensitivity (slower).")
+@click.option("--target-layer", type=str, help="Module name for Grad-CAM (default: the last conv block).")
+@click.option(
+    "--class", "class_index", type=click.IntRange(min=0), help="Class to explain (default: predicted)."
+)
+@device_option
+@weights_option
+@show_paths_option
+def explain(
+    bundle: str,
+    input_path: str,
+    output: str,
+    method: str,
+    occlusion: bool,
+    target_layer: str | None,
+    class_index: int | None,
+    device: str | None,
+    weights: str | None,
+    show_paths: bool,
+) -> None:
+    """Grad-CAM heat map (NIfTI on the input grid), PNG montage and class probabilities for one input."""
+    from medpipe.explain import explain as run_explain
+
+    run_explain(
+        bundle, input_path, output, method=method, occlusion=occlusion, target_layer=target_layer,
+        class_index=class_index, device=device, weights=weights, show_paths=show_paths, echo=click.echo,
+    )  # fmt: skip

@@ -1,0 +1,71 @@
+"""``medpipe infer``: a segmentation bundle over every series of a folder, with a report for each."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from medpipe.cli.options import (
+    assembly,
+    assembly_options,
+    bundle_option,
+    device_option,
+    set_option,
+    show_paths_option,
+    weights_option,
+)
+
+
+@click.command()
+@bundle_option
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, path_type=str),
+              help="DICOM folder tree, NIfTI file, or folder of NIfTI files.")  # fmt: skip
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=str))
+@click.option("--classifier", type=click.Path(file_okay=False, path_type=str),
+              help="Classifier bundle: adds its probability for a crop around each lesion.")  # fmt: skip
+@click.option("--format", "formats", default="nifti,dicom-seg", show_default=True,
+              help="Mask formats, comma-separated: nifti, dicom-seg.")  # fmt: skip
+@click.option("--select", multiple=True, metavar="modality=CT",
+              help="Process only these modalities (default: the bundle's input modality).")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), help="CPU threads (torch, header reading).")
+@device_option
+@weights_option
+@set_option
+@show_paths_option
+@assembly_options
+def infer(
+    bundle: str,
+    input_path: str,
+    output: str,
+    classifier: str | None,
+    formats: str,
+    select: tuple[str, ...],
+    workers: int | None,
+    device: str | None,
+    weights: str | None,
+    sets: tuple[str, ...],
+    show_paths: bool,
+    resample_gaps: bool,
+    correct_tilt: bool,
+    min_slices: int,
+) -> None:
+    """Run a segmentation bundle on every series of INPUT: mask, DICOM SEG, lesion table, preview.
+
+    Writes OUT/<id>/ per series and results.csv, lesions.csv, failures.csv, summary.json. Re-running
+    skips series already done with the same bundle, weights and input. Exit status 0 when every series
+    succeeded, 4 when some failed (failures.csv), 3 when none could be processed.
+    """
+    from medpipe.bundle.overrides import parse_overrides
+    from medpipe.infer.run import InferOptions, outcome
+    from medpipe.infer.run import infer as run_infer
+
+    overrides = parse_overrides(sets)
+    options = InferOptions(
+        formats=tuple(formats.split(",")), select=select, classifier=classifier, weights=weights, workers=workers,
+        device=device, overrides=overrides, user_ids=tuple(overrides),
+        assembly=assembly(resample_gaps, correct_tilt, min_slices), show_paths=show_paths,
+    )  # fmt: skip
+    status = outcome(run_infer(bundle, input_path, output, options, echo=click.echo), output)
+    if status:
+        sys.exit(status)

@@ -1,0 +1,126 @@
+"""``medpipe train``, ``promote``, ``export`` and ``check``: a bundle's life from training to shipping."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from medpipe.cli.options import bundle_option, device_option, set_option
+
+
+@click.command()
+@bundle_option
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=str), help="Datalist JSON to train on.")
+@click.option("--max-epochs", type=click.IntRange(min=1), help="Number of epochs (config id max_epochs).")
+@device_option
+@set_option
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Run folder (default: runs/<bundle>/<YYYYmmdd-HHMMSS>/ under the current directory).",
+)
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also apply the bundle's logging.conf (MONAI's own logs)."
+)
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=str),
+    help="Bundle folder or checkpoint: load every weight whose name and shape match.",
+)
+@click.option(
+    "--freeze",
+    default="none",
+    show_default=True,
+    metavar="none|backbone|until:LAYER",
+    help="Parameters to keep fixed (until:LAYER freezes up to and including LAYER).",
+)
+@click.option(
+    "--pretrained-lr-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Learning-rate factor for the weights loaded by --init-from.",
+)
+def train(
+    bundle: str,
+    manifest: str | None,
+    max_epochs: int | None,
+    device: str | None,
+    sets: tuple[str, ...],
+    output: str | None,
+    verbose: bool,
+    init_from: str | None,
+    freeze: str,
+    pretrained_lr_scale: float,
+) -> None:
+    """Train a bundle with its own train config (MONAI SupervisedTrainer) into a new run folder.
+
+    The run folder gets model.pt (best validation checkpoint), training_metrics.json, training_curve.png,
+    train.log, config.json and run.json; the bundle's shipped weights are not touched (see promote).
+    """
+    from medpipe.bundle.overrides import parse_overrides
+    from medpipe.train import TrainOptions
+    from medpipe.train import train as run_training
+
+    options = TrainOptions(
+        manifest=manifest, max_epochs=max_epochs, device=device, sets=parse_overrides(sets), output=output,
+        verbose=verbose, init_from=init_from, freeze=freeze, pretrained_lr_scale=pretrained_lr_scale,
+        command=shlex.join(["medpipe", *sys.argv[1:]]),
+    )  # fmt: skip
+    run_training(bundle, options, echo=click.echo)
+
+
+@click.command()
+@bundle_option
+@click.option(
+    "--run",
+    "run",
+    required=True,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Training run folder.",
+)
+@click.option(
+    "--version", "version", metavar="X.Y.Z", help="New bundle version (default: the next minor version)."
+)
+@click.option("--note", default="", help="Added to the changelog entry.")
+def promote(bundle: str, run: str, version: str | None, note: str) -> None:
+    """Make a training run's weights the bundle's shipped weights, bumping its version.
+
+    Copies model.pt, training_metrics.json, training_curve.png, threshold.json and run.json (as
+    training_run.json) into <bundle>/models and records the run in metadata.json's changelog.
+    """
+    from medpipe.bundle.promote import promote as run_promote
+
+    result = run_promote(bundle, run, version=version, note=note)
+    click.echo(
+        f"{bundle}: version {result['previous']} -> {result['version']}, models/model.pt sha256 "
+        f"{result['model_sha256'][:8]} from {run}"
+    )
+
+
+@click.command()
+@bundle_option
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=str), help="Default: <bundle>/models/model.ts."
+)
+def export(bundle: str, output: str | None) -> None:
+    """Export models/model.pt to TorchScript with MONAI's ckpt_export, and check it."""
+    from medpipe.bundle.export import export_torchscript
+
+    result = export_torchscript(bundle, output)
+    click.echo(
+        f"wrote {result['torchscript']}; TorchScript vs eager max |diff| = {result['max_abs_diff']:.2e} "
+        f"on input {result['input_shape']}"
+    )
+
+
+@click.command()
+@bundle_option
+def check(bundle: str) -> None:
+    """Check a bundle with MONAI's tools: workflow properties and verify_net_in_out."""
+    from medpipe.bundle.checks import check_bundle
+
+    for line in check_bundle(bundle):
+        click.echo(line)

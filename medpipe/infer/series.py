@@ -1,0 +1,91 @@
+"""One series through ``medpipe infer``: load, segment with the bundle, write every output of the series.
+
+Into ``OUT/<id>/``, each file under a temporary name renamed into place:
+
+- ``<id>_seg.nii.gz``: the label mask, on exactly the grid ``medpipe convert`` writes for the series;
+- ``<id>_seg.dcm``: a DICOM Segmentation referencing the source instances (DICOM inputs only);
+- ``<id>_lesions.csv``: connected components with volume, diameter, centroid, mean intensity
+  (+ ``--classifier`` probability);
+- ``<id>_preview.png``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medpipe.bundle.model import BundleModel
+from medpipe.data.nifti import write_nifti
+from medpipe.infer.classifier import CropClassifier
+from medpipe.infer.lesions import measure_lesions
+from medpipe.infer.preview import write_preview
+from medpipe.infer.records import LESION_FIELDS
+from medpipe.infer.seg import write_seg
+from medpipe.infer.sources import Source
+from medpipe.tables import write_csv
+
+#: The display window of the preview when the bundle does not say (``hu_window``): a lung window.
+DEFAULT_WINDOW = (-1000.0, 400.0)
+
+
+def process_series(
+    source: Source, model: BundleModel, clf: CropClassifier | None, formats: Sequence[str], folder: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Outputs of one series in ``folder``; returns its results.csv row and its lesion rows."""
+    image = source.load()
+    mask = model.segment(image, name=f"series {source.id}")
+    names = model.class_names
+    notes: list[str] = []
+    sid = source.id
+    result: dict[str, Any] = {
+        "series": sid,
+        "kind": source.kind,
+        "modality": source.modality,
+        "status": "ok",
+        "shape": list(image.array.shape),
+        "spacing_mm": image.spacing,
+    }
+    if "nifti" in formats:
+        write_nifti(folder / f"{sid}_seg.nii.gz", mask, image.affine_ras, dtype=np.uint8)
+        result["mask"] = f"{sid}_seg.nii.gz"
+    if "dicom-seg" in formats:
+        if source.kind != "dicom":
+            notes.append("no DICOM SEG for a NIfTI input")
+        elif image.resampled:
+            notes.append(
+                "no DICOM SEG: the series was resampled (tilt/gaps), so the mask does not follow its slices"
+            )
+        else:
+            write_seg(
+                folder / f"{sid}_seg.dcm", mask, source.stack,  # type: ignore[arg-type]
+                names, bundle_name=model.name, bundle_version=model.version,
+            )  # fmt: skip
+            result["seg"] = f"{sid}_seg.dcm"
+    found = measure_lesions(mask, image.affine_lps, image.array, names)
+    unit = "HU" if source.modality == "CT" else ""
+    pad = -1024.0 if source.modality == "CT" else float(np.min(image.array))
+    rows = []
+    for lesion in found:
+        row: dict[str, Any] = {"series": sid, **lesion.row(), "intensity_unit": unit}
+        if clf is not None:
+            centre_ras = lesion.centroid_lps * np.array([-1.0, -1.0, 1.0])
+            row["classifier_probability"] = clf.probability(image.array, image.affine_ras, centre_ras, pad)
+        rows.append(row)
+    result["lesions"] = len(rows)
+    result["lesion_volume_mm3"] = float(sum(r["volume_mm3"] for r in rows))
+    result["lesion_table"] = f"{sid}_lesions.csv"
+    write_csv(folder / result["lesion_table"], rows, LESION_FIELDS)
+    window = model.get("hu_window", DEFAULT_WINDOW)
+    write_preview(
+        folder / f"{sid}_preview.png", image.array, mask, found,
+        title=f"series {sid}: {len(found)} lesion(s), {model.layout.root.name} {model.version}",
+        modality=source.modality, window=(float(window[0]), float(window[1])),
+    )  # fmt: skip
+    result["preview"] = f"{sid}_preview.png"
+    if clf is not None:
+        notes.append(f"classifier_probability = P({clf.positive}) from {clf.model.name} {clf.model.version}")
+    result["note"] = "; ".join(notes)
+    return result, rows

@@ -1,0 +1,71 @@
+"""Every shipped bundle config: its medpipe references resolve, and it names nothing outside the bundle."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+CONFIGS = sorted((REPO / "bundles").glob("*/configs/*.json"))
+REFERENCE = re.compile(r"\bmedpipe(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def strings(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def resolve(dotted: str) -> Any:
+    """The object ``a.b.c`` names: the longest importable module prefix, then attributes."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:n]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[n:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+def test_there_are_configs_to_check() -> None:
+    assert len(CONFIGS) >= 16 and {p.parent.parent.name for p in CONFIGS} >= {"hippocampus_mri", "lung_nodule_ct"}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_every_medpipe_reference_resolves(config: Path) -> None:
+    refs = {m for s in strings(json.loads(config.read_text())) for m in REFERENCE.findall(s)}
+    for ref in sorted(refs):
+        resolve(ref)
+
+
+#: Bundles trained on real data that cannot be embedded: their default manifest is the repository's
+#: (data_manifests/<bundle>.json); a copy elsewhere trains with --manifest.
+REAL_DATA = {"hippocampus_mri", "vessel_aneurysm_mra"}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_configs_name_nothing_outside_their_bundle(config: Path) -> None:
+    """A bundle copied anywhere (the way MONAI bundles are shared) must not reach into this repository."""
+    content = json.loads(config.read_text())
+    bundle = config.parent.parent.name
+    outside = {k: v for k, v in content.items() if isinstance(v, str) and "../" in v}
+    if bundle in REAL_DATA and config.name == "common.json":
+        assert outside == {"manifest": f"$@bundle_root + '/../../data_manifests/{bundle}.json'"}
+    else:
+        assert not [s for s in strings(content) if "../" in s], outside
+    assert "$import glob" not in config.read_text()  # imported and never used (removed in 0.1.1 / 0.2.1)
