@@ -86,7 +86,8 @@ def choose_threshold(prob: np.ndarray, label: np.ndarray, criterion: str = "accu
         return float(candidates[best[len(best) // 2]])
     if len(np.unique(label)) < 2:
         return 0.5
-    fpr, tpr, thr = roc_curve(label, prob)
+    # every distinct score is a candidate for a target sensitivity (scikit-learn drops collinear points)
+    fpr, tpr, thr = roc_curve(label, prob, drop_intermediate=name == "youden")
     thr = np.clip(thr, 0.0, 1.0)
     if name == "youden":
         return float(thr[int(np.argmax(tpr - fpr))])

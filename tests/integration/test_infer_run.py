@@ -332,3 +332,16 @@ def test_out_of_memory_on_one_series_is_recorded_and_the_run_goes_on(
     assert (
         not (tmp_path / "out" / calls[0]).exists() and (tmp_path / "out" / calls[1] / "done.json").is_file()
     )
+
+
+def test_show_paths_adds_where_each_series_lies_and_nothing_else(run: dict, tmp_path: Path) -> None:
+    from medpipe.infer.run import InferOptions, infer
+
+    assert "source" not in _rows(run["out"] / "results.csv")[0]
+    inputs = tmp_path / "in"
+    shutil.copytree(run["good"][0], inputs / run["good"][0].name)
+    options = InferOptions(formats=["nifti"], overrides=FAST, show_paths=True, progress=False)
+    infer(BUNDLE, inputs, tmp_path / "out", options, echo=lambda _: None)
+    (row,) = _rows(tmp_path / "out" / "results.csv")
+    assert row["source"] == run["good"][0].name and row["status"] == "ok"  # the folder named after the patient
+    assert not any(PATIENT_NAME.split("^")[1] in p.name for p in (tmp_path / "out").rglob("*"))  # ids still hashed

@@ -149,3 +149,16 @@ def test_train_config_runs_under_monai_bundle(tiny_dataset: Path, tmp_path: Path
     assert (tmp_path / "runs" / "model.pt").is_file()  # into output_dir: never into models/
     assert (tmp_path / "runs" / "training_metrics.json").is_file()
     assert not (tmp_path / "models").exists()
+
+
+def test_a_copied_bundle_trains_on_its_embedded_default_data(tmp_path: Path) -> None:
+    """A bundle is shared by copying its folder: the copy finds (generates) its default data by itself."""
+    copy = tmp_path / "elsewhere" / "deep" / "lung_nodule_ct"
+    shutil.copytree(BUNDLE, copy, ignore=shutil.ignore_patterns("*.ts", "runs", "eval"))
+    args = ["train", "--bundle", str(copy), "--max-epochs", "1", "--output", str(tmp_path / "run")]
+    for s in TINY:
+        args += ["--set", s]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "24 training / 6 validation cases" in result.output  # the embedded default, not a manifest given
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["epochs_completed"] == 1

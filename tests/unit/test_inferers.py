@@ -65,33 +65,7 @@ def test_bad_settings_are_refused(kwargs):
         AutocastInferer(**kwargs)
 
 
-# --- FlipTTAInferer (segmentation mirroring) ---------------------------------------------------------
 
 
-def test_flip_tta_makes_any_network_flip_equivariant():
-    """Averaging over the flip group makes the prediction of a flipped input the flipped prediction."""
-    from medpipe.tta import FlipTTAInferer
-
-    net, x = _net(), torch.randn(1, 1, 24, 32, 24)
-    tta = FlipTTAInferer(SimpleInferer(), spatial_axes=[0, 2])
-    assert len(tta.flips) == 4
-    with torch.no_grad():
-        out = tta(x, net)
-        for axis in (0, 2):
-            torch.testing.assert_close(tta(x.flip(2 + axis), net), out.flip(2 + axis), atol=1e-5, rtol=1e-5)
-        # the plain network is not equivariant, so the check above is not vacuous
-        plain = net(x)
-        assert not torch.allclose(net(x.flip(2)), plain.flip(2), atol=1e-3)
-    # log of a probability: softmax of it gives back the mean probabilities, which sum to one
-    torch.testing.assert_close(out.exp().sum(1), torch.ones(1, 24, 32, 24))
 
 
-def test_flip_tta_without_axes_is_the_wrapped_inferer():
-    from medpipe.tta import FlipTTAInferer
-
-    net, x = _net(), torch.randn(1, 1, 16, 16, 16)
-    with torch.no_grad():
-        out = FlipTTAInferer(SimpleInferer(), spatial_axes=[])(x, net)
-        torch.testing.assert_close(out.softmax(1), net(x).softmax(1), atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match="spatial_axes"):
-        FlipTTAInferer(SimpleInferer(), spatial_axes=[0, 3])
