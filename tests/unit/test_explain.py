@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.conftest import REPO
-
-MALIGNANCY = REPO / "bundles" / "lung_nodule_malignancy_ct"
-
-
-def bundle_network():
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(MALIGNANCY / "configs" / "common.json"))
-    return parser.get_parsed_content("network_def"), parser.get_parsed_content("crop_size")
+from tests.unit.bundle.test_classifier import bundle_network
 
 
 def test_default_grad_cam_layer_is_the_last_block_with_a_usable_map():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.inferers import SimpleInferer
-from monai.networks.nets import DynUNet
 
 from medpipe.tta import SYMMETRIES, CubeSymmetryInferer, apply_symmetry
+from tests.unit.test_inferers import _net
 
 
 def test_cube_symmetries_are_48_distinct_orientations_and_tta_is_invariant_to_them():
@@ -45,9 +45,6 @@ def test_flip_tta_makes_any_network_flip_equivariant():
     torch.testing.assert_close(out.exp().sum(1), torch.ones(1, 24, 32, 24))
 
 
-def _net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return DynUNet(3, 1, 3, [3, 3, 3], [1, 2, 2], [2, 2], filters=[8, 16, 32], norm_name="instance").eval()
 
 
 def test_flip_tta_without_axes_is_the_wrapped_inferer():

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _oblique_affine(spacing: tuple[float, float, float], origin: tuple[float, float, float]) -> np.ndarray:
-    """LPS affine with a 30-degree rotation about z and a flipped y axis (nothing axis-aligned)."""
-    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
-    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([1.0, -1.0, 1.0])
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag(spacing)
-    affine[:3, 3] = origin
-    return affine
+from tests.unit.infer.test_lesions import _oblique_affine
 
 
 def test_classifier_crop_samples_the_world_position_along_ras_axes() -> None:
