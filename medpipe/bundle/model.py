@@ -29,7 +29,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImage, LoadImaged, SaveImage, SaveImaged
 
-from medpipe.bundle.inversion import float32_resampling, invert_in_slabs, lean_split, to_mask
+from medpipe.bundle.inversion import SLAB_VOXELS, float32_resampling, invert_in_slabs, lean_split, to_mask
 from medpipe.bundle.layout import BundleLayout
 from medpipe.bundle.weights import Weights, load_weights, resolve_weights
 from medpipe.bundle.workflow import build_workflow, device_expression, parsed
@@ -111,7 +111,7 @@ class BundleModel:
     postprocessing: list[Any] = field(repr=False)
     device: torch.device
     #: voxels of the input grid resampled at once when the prediction is inverted
-    slab_voxels: int = 4_000_000
+    slab_voxels: int = SLAB_VOXELS
 
     @classmethod
     def open(
@@ -187,12 +187,6 @@ class BundleModel:
         return self.weights.describe(self.layout, self.version)
 
     # --- segmentation
-    def _require(self, kind: str) -> None:
-        if self.kind != kind:
-            raise Code.BUNDLE_NOT_SEGMENTER(
-                f"bundle {self.layout.root.name} outputs {self.kind}, this command needs a {kind} bundle"
-            )
-
     @property
     def in_memory_preprocessing(self) -> Compose:
         """The bundle's preprocessing without its loader (the same transform objects, so ``Invertd`` inverts them)."""
@@ -229,7 +223,10 @@ class BundleModel:
 
     def segment(self, image: Image, name: str = "image") -> np.ndarray:
         """Label mask (uint8, [i, j, k]) of ``image`` on its own grid."""
-        self._require(SEGMENTATION)
+        if self.kind != SEGMENTATION:
+            raise Code.BUNDLE_NOT_SEGMENTER(
+                f"bundle {self.layout.root.name} outputs class probabilities; segmenting needs a segmentation bundle"
+            )
         shape = tuple(image.array.shape)
         with float32_resampling(self.preprocessing.flatten().transforms):
             data = self.prepare(image, name)

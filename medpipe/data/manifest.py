@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medpipe.data.synthetic import ensure_generated
 from medpipe.errors import Code, ManifestError
 
 #: Splits a manifest may define, in the order they are reported.
@@ -87,11 +88,7 @@ class Manifest:
             )
         root = self.dataset_dir(dataset_dir)
         if self.generator and root == self.dataset_dir():
-            # synthetic data made on first use, into the manifest's own dataset folder only; imported
-            # here because the generators pull in scipy, nibabel and pydicom, which reading a manifest
-            # does not need
-            from medpipe.data.synthetic import ensure_generated
-
+            # synthetic data made on first use, into the manifest's own dataset folder only
             ensure_generated(self.generator, root)
         resolved, missing = [], []
         for i, entry in enumerate(entries):

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from medpipe.atomic import atomic_path, atomic_write_text
-from medpipe.data.manifest import UINT8_RANGE
+from medpipe.data.manifest import UINT8_RANGE, load_manifest
+from medpipe.data.manifest import inference_inputs as nifti_inputs
 from medpipe.errors import Code
 
 #: npz split prefix -> manifest split.
@@ -267,9 +268,6 @@ def inference_inputs(
 ) -> list[dict[str, Any]]:
     """Inputs of a classifier's inference config: NIfTI files in ``dataset_dir`` (a folder or one
     file), else the entries of ``split`` in ``manifest`` without their labels (npz cases included)."""
-    from medpipe.data.manifest import inference_inputs as nifti_inputs
-    from medpipe.data.manifest import load_manifest
-
     if dataset_dir not in (None, "") or manifest in (None, ""):
         return nifti_inputs(dataset_dir, manifest, split)
     entries = load_manifest(manifest).split(split, required_keys=("image",))

@@ -20,6 +20,7 @@ import numpy as np
 
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions, StackGeometry
 from medpipe.dicom.headers import SliceHeader
+from medpipe.dicom.resample import resample_to_regular_grid
 from medpipe.dicom.scan import ScanResult, Stack, scan, validate_stack
 from medpipe.errors import Code
 
@@ -206,8 +207,6 @@ def load_stack(stack: Stack, options: AssemblyOptions = DEFAULT_OPTIONS) -> Volu
     ordered = [stack.slices[i] for i in geometry.order]
     values = rescale(read_stored_pixels(ordered), ordered)
     if geometry.needs_resampling:
-        from medpipe.dicom.resample import resample_to_regular_grid
-
         # As dcm2niix: voxels no slice reaches get PixelPaddingValue (rescaled), else the darkest value,
         # and padding pixels are not blended into their neighbours.
         first = ordered[0]

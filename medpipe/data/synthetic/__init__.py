@@ -9,7 +9,8 @@ volumes. ``REGISTRY`` maps each generator's name to its :class:`~medpipe.data.sy
     720 benign/malignant nodule crops (:mod:`.nodule_crops`).
 
 :func:`default_manifest` is what a bundle config names as its manifest
-(``"$medpipe.data.synthetic.default_manifest('lung_nodule_ct_demo')"``): it writes the generator's
+(``"manifest": {"_target_": "medpipe.data.synthetic.default_manifest", "name": "lung_nodule_ct_demo"}``):
+it writes the generator's
 manifest once into the generator's folder of the data cache (:func:`data_cache_root`,
 ``<cache>/<name>-v<version>/manifest.json`` with ``dataset_dir: "."``) and returns its path. The data
 themselves are written beside it the first time a split is used: :meth:`medpipe.data.manifest.Manifest.split`
