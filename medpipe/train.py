@@ -183,7 +183,7 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     say(
         f"training {layout.root.name}: {counts.get('train', '?')} training / "
         f"{counts.get('validate', '?')} validation cases, {parsed(wf, 'max_epochs')} epochs on "
-        f"{parsed(wf, 'device')}; run folder {folder}"
+        f"{parsed(wf, 'device')}; run folder {_display(folder)}"
     )
     started = time.time()
     start = time.perf_counter()
@@ -206,13 +206,22 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     best = metrics.get("best_metric")
     best_txt = f"{best:.4f} (epoch {metrics.get('best_epoch')})" if best is not None else "n/a"
     say(
-        f"done in {seconds / 60:.1f} min: best {metrics.get('key_metric', 'metric')} {best_txt}; run folder {folder} "
-        f"(model.pt, training_metrics.json, training_curve.png, train.log, config.json, run.json)"
+        f"done in {seconds / 60:.1f} min: best {metrics.get('key_metric', 'metric')} {best_txt}; run folder "
+        f"{_display(folder)} (model.pt, training_metrics.json, training_curve.png, train.log, config.json, run.json)"
     )
     say(
-        f"the bundle's shipped weights are unchanged; to ship this run: medpipe promote --bundle {layout.root} --run {folder}"
+        "the bundle's shipped weights are unchanged; to ship this run: "
+        f"medpipe promote --bundle {_display(layout.root)} --run {_display(folder)}"
     )
     return record
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the current directory when it lies inside it (what the user typed), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def run_record(

@@ -137,7 +137,8 @@ def frozen_parameters(network: torch.nn.Module, spec: str) -> list[str]:
             )
         last = max(i for i, n in enumerate(params) if n.startswith(layer + "."))
         return params[: last + 1]
-    raise Code.FREEZE_INVALID(f"--freeze must be none, backbone or until:LAYER, got '{spec}'")
+    hint = did_you_mean(spec, ("none", "backbone", "until:"))
+    raise Code.FREEZE_INVALID(f"--freeze must be none, backbone or until:LAYER, got '{spec}'{hint}")
 
 
 def freeze(network: torch.nn.Module, spec: str) -> tuple[int, int]:

@@ -43,10 +43,18 @@ def faults(variant: str) -> int:
 
 @glibc
 def test_tuned_malloc_reuses_freed_tensor_memory():
-    default, tuned = faults("default"), faults("tuned")
-    # by default every step faults its activations in again (19,000 pages here); tuned, the heap keeps them
-    assert default > 5_000
-    assert tuned < default / 10
+    # by default every step faults its activations in again (19,000-58,000 pages here); tuned, the heap
+    # keeps them (0 here). Page-fault counts depend on what else the machine does (other processes
+    # competing for memory have been seen to hide the default's faults), so the pair is measured up to
+    # three times and one clean pair must show the effect.
+    pairs = []
+    for _ in range(3):
+        default, tuned = faults("default"), faults("tuned")
+        pairs.append((default, tuned))
+        if default > 5_000:
+            break
+    assert default > 5_000, pairs
+    assert tuned < default / 10, pairs
 
 
 def test_tune_malloc_is_harmless_where_not_glibc(monkeypatch):
