@@ -212,6 +212,13 @@ class Code(str, Enum):
     MEDMNIST_UNEXPECTED_LABELS = (
         "MEDMNIST_UNEXPECTED_LABELS", ManifestError, "MedMNIST labels outside 0..num_classes-1"
     )
+    MANIFEST_NO_COLUMN = (
+        "MANIFEST_NO_COLUMN", ManifestError, "manifest crops: the table lacks a column the datalist needs (label, patient)"
+    )
+    LIDC_XML_INVALID = "LIDC_XML_INVALID", ManifestError, "an LIDC reader file is not readable LIDC XML"
+    LIDC_SERIES_MISMATCH = (
+        "LIDC_SERIES_MISMATCH", ManifestError, "an LIDC XML file names another series than the images beside it"
+    )
     # --- synthetic data
     DATA_GENERATION_FAILED = (
         "DATA_GENERATION_FAILED", DataGenerationError, "synthetic data could not be written (disk full, permissions)"

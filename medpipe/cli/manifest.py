@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
+
+from medpipe.errors import EXIT_PARTIAL
 
 
 @click.group()
@@ -86,3 +89,64 @@ def manifest_medmnist(npz: str, output: str, num_classes: int | None, nifti_dir:
     from medpipe.data.medmnist import medmnist_manifest
 
     _report(medmnist_manifest(npz, output, num_classes=num_classes, nifti_dir=nifti_dir), output)
+
+
+@manifest.command("lidc")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=str))
+@output_options
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str),
+              help="Where images, masks and nodule records go (default: lidc_data/ beside the manifest).")  # fmt: skip
+@click.option("--agreement", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="Consensus: share of a nodule's readers that must mark a voxel.")  # fmt: skip
+@click.option("--min-readers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodules marked by fewer readers stay out of the training label (they stay in the records).")  # fmt: skip
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def manifest_lidc(
+    root: str, output: str, val_fraction: float, data_dir: str | None, agreement: float, min_readers: int,
+    test_fraction: float, seed: int,
+) -> None:  # fmt: skip
+    """From LIDC-IDRI in TCIA's layout (<patient>/<study>/<series>/ with the reader XML): images,
+    consensus masks, nodule records and a datalist split by patient (nodules.csv beside it)."""
+    from medpipe.data.lidc.dataset import lidc_manifest
+
+    content = lidc_manifest(
+        root, output, data_dir=data_dir, agreement=agreement, min_readers=min_readers,
+        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, echo=click.echo,
+    )  # fmt: skip
+    _report(content, output)
+    if content["failures"]:  # some series refused (listed in the manifest): a partial result
+        sys.exit(EXIT_PARTIAL)
+
+
+@manifest.command("crops")
+@click.argument("images_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("table", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@output_options
+@click.option("--masks", "masks_dir", type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="Folder of the crops' masks (same names).")  # fmt: skip
+@click.option("--name-format", default="{patient_id}_R_{nodule_id}", show_default=True,
+              help="A crop's file name (without .nii.gz) from the row's columns.")  # fmt: skip
+@click.option("--label-column", default="Diagnosis", show_default=True)
+@click.option("--classes", help="Label values in class order, comma-separated (default: sorted), e.g. Benign,Malign.")
+@click.option("--patient-column", default="patient_id", show_default=True, help="Splits are by this column.")
+@click.option("--keep", "keep_columns", multiple=True, metavar="COLUMN", help="Copy a column into the entries.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def manifest_crops(
+    images_dir: str, table: str, output: str, val_fraction: float, masks_dir: str | None, name_format: str,
+    label_column: str, classes: str | None, patient_column: str, keep_columns: tuple[str, ...],
+    test_fraction: float, seed: int,
+) -> None:  # fmt: skip
+    """From a folder of crops and a table with one row per crop (e.g. lidc_nodule_vois): a classifier
+    datalist split by patient."""
+    from medpipe.data.make_manifest import crops_manifest
+
+    content = crops_manifest(
+        images_dir, table, output, masks_dir=masks_dir, name_format=name_format, label_column=label_column,
+        classes=classes.split(",") if classes else None, patient_column=patient_column, keep_columns=keep_columns,
+        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+    )  # fmt: skip
+    _report(content, output)
+    if content["skipped"]:
+        click.echo(f"{len(content['skipped'])} row(s) name no crop and were left out: {', '.join(content['skipped'][:5])}")

@@ -8,6 +8,7 @@ non-test case a fold (``"fold"`` key) and validates on fold ``fold``.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.atomic import atomic_write_text
-from medpipe.errors import Code
+from medpipe.errors import Code, did_you_mean
 
 NIFTI = (".nii.gz", ".nii")
 
@@ -38,9 +39,7 @@ def _split(
     random.Random(seed).shuffle(order)
     if folds:
         if not 2 <= folds <= len(rest) or not 0 <= fold < folds:
-            raise Code.MANIFEST_INVALID(
-                f"--folds {folds} --fold {fold} is not a valid choice"
-            )
+            raise Code.MANIFEST_INVALID(f"--folds {folds} --fold {fold} is not a valid choice")
         for rank, i in enumerate(order):
             rest[i] = {**rest[i], "fold": rank % folds}
         validation = [e for e in rest if e["fold"] == fold]
@@ -72,9 +71,7 @@ def msd_manifest(
     dataset_dir, output = Path(dataset_dir), Path(output)
     meta_path = dataset_dir / "dataset.json"
     if not meta_path.is_file():
-        raise Code.MANIFEST_NOT_FOUND(
-            f"{meta_path} does not exist (an MSD task folder has one)"
-        )
+        raise Code.MANIFEST_NOT_FOUND(f"{meta_path} does not exist (an MSD task folder has one)")
     try:
         meta = json.loads(meta_path.read_text())
         pairs = [{"image": e["image"], "label": e["label"]} for e in meta["training"]]
@@ -151,9 +148,7 @@ def folder_manifest(
         side = {k: ("image without label" if k in images else "label without image") for k in unpaired}
         shown = ", ".join(f"{k} ({v})" for k, v in list(side.items())[:10])
         more = f" and {len(unpaired) - 10} more" if len(unpaired) > 10 else ""
-        raise Code.MANIFEST_UNPAIRED(
-            f"{len(unpaired)} case(s) cannot be paired by file name: {shown}{more}"
-        )
+        raise Code.MANIFEST_UNPAIRED(f"{len(unpaired)} case(s) cannot be paired by file name: {shown}{more}")
     entries = [
         {
             "image": os.path.relpath(images[k].resolve(), root),
@@ -175,4 +170,110 @@ def folder_manifest(
         "validation": [entries[i] for i in val],
         "test": [entries[i] for i in test],
     }
+    return _write(output, root, content)
+
+
+def patient_splits(
+    patients: list[str], *, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, str]:
+    """patient -> split: a seeded ``test_fraction`` of the patients for test, ``val_fraction`` of the rest
+    for validation. All cases of a patient share its split, so no patient is both trained and tested on."""
+    order = sorted(set(patients))
+    random.Random(seed).shuffle(order)
+    n_test = round(test_fraction * len(order))
+    n_val = max(1, round(val_fraction * (len(order) - n_test))) if len(order) - n_test > 1 else 0
+    return {
+        p: "test" if i < n_test else "validation" if i < n_test + n_val else "training"
+        for i, p in enumerate(order)
+    }
+
+
+def _number(text: str) -> Any:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def crops_manifest(
+    images_dir: str | Path,
+    table: str | Path,
+    output: str | Path,
+    *,
+    masks_dir: str | Path | None = None,
+    name_format: str = "{patient_id}_R_{nodule_id}",
+    label_column: str = "Diagnosis",
+    classes: list[str] | None = None,
+    patient_column: str = "patient_id",
+    keep_columns: tuple[str, ...] = (),
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A classifier (and crop-segmenter) datalist from a folder of crops and a table with one row per crop.
+
+    Each row names its crop by ``name_format`` over the row's columns (``{patient_id}_R_{nodule_id}``:
+    ``LIDC-IDRI-0003_R_2.nii.gz`` in ``lidc_nodule_vois``); its class is ``classes.index(row[label_column])``
+    (default: the sorted distinct values); ``masks_dir`` adds each crop's mask as ``mask``, and
+    ``keep_columns`` copies columns (numbers as numbers) into the entries, e.g. a malignancy rating
+    for a regression head. Splits are by ``patient_column``. Rows without a crop are listed under
+    ``skipped`` in the manifest; a missing column is ``MANIFEST_NO_COLUMN``.
+    """
+    images_dir, output = Path(images_dir), Path(output)
+    with open(table, newline="", encoding="utf-8") as fp:
+        rows = list(csv.DictReader(fp))
+    columns = list(rows[0]) if rows else []
+    for column in (label_column, patient_column, *keep_columns):
+        if column not in columns:
+            raise Code.MANIFEST_NO_COLUMN(
+                f"{Path(table).name} has no column {column!r}{did_you_mean(column, columns)} (columns: "
+                f"{', '.join(columns[:12])})"
+            )
+    classes = list(classes) if classes else sorted({r[label_column] for r in rows})
+    unknown = sorted({r[label_column] for r in rows} - set(classes))
+    if unknown:
+        raise Code.MANIFEST_INVALID(f"{label_column} values {unknown[:5]} are none of the classes {classes}")
+    images = _nifti_files(images_dir)
+    root = Path(
+        os.path.commonpath([images_dir.resolve()] + ([Path(masks_dir).resolve()] if masks_dir else []))
+    )
+    masks = _nifti_files(Path(masks_dir)) if masks_dir else {}
+    entries, skipped = [], []
+    for row in rows:
+        try:
+            name = name_format.format(**row)
+        except KeyError as e:
+            raise Code.MANIFEST_NO_COLUMN(
+                f"--name-format {name_format!r} names column {e}, which the table lacks"
+            ) from None
+        if name not in images:
+            skipped.append(name)
+            continue
+        entry: dict[str, Any] = {
+            "case_id": name,
+            "patient": row[patient_column],
+            "image": os.path.relpath(images[name].resolve(), root),
+            "label": classes.index(row[label_column]),
+        }
+        if name in masks:
+            entry["mask"] = os.path.relpath(masks[name].resolve(), root)
+        entry.update({c: _number(row[c]) for c in keep_columns})
+        entries.append(entry)
+    if not entries:
+        raise Code.MANIFEST_EMPTY_SPLIT(
+            f"no row of {Path(table).name} names a crop in {images_dir} ({name_format!r})"
+        )
+    split_of = patient_splits([e["patient"] for e in entries], val_fraction=val_fraction,
+                              test_fraction=test_fraction, seed=seed)  # fmt: skip
+    content: dict[str, Any] = {
+        "name": images_dir.name,
+        "labels": {str(i): c for i, c in enumerate(classes)},
+        "num_classes": len(classes),
+        "task": "classification",
+        "split_rule": f"by {patient_column}, seeded ({seed}): test {test_fraction:.0%}, validation "
+        f"{val_fraction:.0%} of the rest",
+        "skipped": skipped,
+    }
+    for split in ("training", "validation", "test"):
+        content[split] = [e for e in entries if split_of[e["patient"]] == split]
     return _write(output, root, content)
