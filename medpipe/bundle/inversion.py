@@ -70,12 +70,15 @@ def invert_in_slabs(
     shape: tuple[int, ...],
     after: Sequence[Any],
     slab_voxels: int = SLAB_VOXELS,
+    scores: np.ndarray | None = None,
 ) -> np.ndarray:
     """Resample ``pred`` (C, X', Y', Z', on ``pred_affine``) onto the input grid, slab by slab along k.
 
     Equivalent to the bundle's ``Invertd`` (which undoes Orientation, Spacing and crops through the
     same affines); outside ``pred`` every channel is 0 (as the inverse of a crop pads), so the class
-    is background. Returns the uint8 mask [i, j, k] of ``shape``.
+    is background. Returns the uint8 mask [i, j, k] of ``shape``. ``scores`` (uint8, ``shape``), when
+    given, receives the highest foreground probability of each voxel in 1/255 steps: what a lesion's
+    score is made of (``pred`` holds probabilities here: the post-processing's ``Activationsd`` ran).
     """
     mapping = torch.as_tensor(np.linalg.inv(np.asarray(pred_affine, dtype=np.float64)) @ affine_ras)
     src = torch.as_tensor(pred).float()[None]  # (1, C, X', Y', Z')
@@ -102,6 +105,8 @@ def invert_in_slabs(
             src, grid[None], mode="bilinear", padding_mode="zeros", align_corners=True
         )[0]  # (C, X, Y, K)
         del grid
+        if scores is not None and slab.shape[0] > 1:
+            scores[:, :, k0:k1] = np.rint(255 * slab[1:].amax(dim=0).clamp(0, 1).numpy()).astype(np.uint8)
         data = {"pred": MetaTensor(slab)}
         for transform in after:  # the bundle's own (AsDiscreted argmax...), voxel-wise
             data = transform(data)

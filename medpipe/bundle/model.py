@@ -41,6 +41,9 @@ from medpipe.errors import Code
 #: Transforms that read files: dropped when an image already in memory is handed over.
 LOADERS = (LoadImage, LoadImaged, LoadMedMNISTd)
 SEGMENTATION, CLASSIFICATION = "segmentation", "classification"
+#: Label names meaning an abnormality: a bundle segmenting one is a lesion (detection) bundle, and its
+#: DICOM SEG category is "Morphologically Abnormal Structure".
+LESION_NAMES = {"nodule", "lesion", "tumor", "tumour", "mass", "aneurysm", "neoplasm", "metastasis", "cyst"}
 
 
 def output_kind(metadata: Mapping[str, Any]) -> str:
@@ -179,6 +182,12 @@ class BundleModel:
         n = int(self.get("num_classes", len(channel_def)))
         return {c: str(channel_def.get(str(c), f"class{c}")) for c in range(n)}
 
+    @property
+    def finds_lesions(self) -> bool:
+        """A segmenter of lesions (a foreground class named nodule, lesion, tumour...): scored as a detector too."""
+        names = [n.strip().lower() for c, n in self.class_names.items() if c != 0]
+        return self.kind == SEGMENTATION and any(n in LESION_NAMES for n in names)
+
     def get(self, config_id: str, default: Any = None) -> Any:
         """A parsed config id of the inference workflow, or ``default`` when the bundle lacks it."""
         return parsed(self.workflow, config_id) if config_id in self.workflow.parser else default
@@ -223,11 +232,20 @@ class BundleModel:
 
     def segment(self, image: Image, name: str = "image") -> np.ndarray:
         """Label mask (uint8, [i, j, k]) of ``image`` on its own grid."""
+        return self.segment_with_scores(image, name, scores=False)[0]
+
+    def segment_with_scores(
+        self, image: Image, name: str = "image", *, scores: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The mask and, with ``scores``, each voxel's highest foreground probability (uint8, 1/255 steps)
+        on the same grid: the raw material of a lesion's score. ``None`` when the bundle's post-processing
+        is not the voxel-wise kind whose probabilities can be kept (see :mod:`medpipe.bundle.inversion`)."""
         if self.kind != SEGMENTATION:
             raise Code.BUNDLE_NOT_SEGMENTER(
                 f"bundle {self.layout.root.name} outputs class probabilities; segmenting needs a segmentation bundle"
             )
         shape = tuple(image.array.shape)
+        score_map = None
         with float32_resampling(self.preprocessing.flatten().transforms):
             data = self.prepare(image, name)
             with torch.no_grad():
@@ -243,8 +261,9 @@ class BundleModel:
                 before, after = split
                 for transform in before:  # e.g. Activationsd, on the (small) preprocessed grid
                     data = transform(data)
+                score_map = np.zeros(shape, dtype=np.uint8) if scores else None
                 mask = invert_in_slabs(
-                    data["pred"], data["image"].affine, image.affine_ras, shape, after, self.slab_voxels
+                    data["pred"], data["image"].affine, image.affine_ras, shape, after, self.slab_voxels, score_map
                 )
         del data
         if mask.shape != shape:
@@ -252,7 +271,7 @@ class BundleModel:
                 f"{name}: the bundle's post-processing gives {mask.shape}, the input is {shape}; its inference "
                 "postprocessing must invert the preprocessing (Invertd)"
             )
-        return mask
+        return mask, score_map
 
     # --- classification
     def probabilities(

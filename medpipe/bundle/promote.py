@@ -7,8 +7,8 @@
    ``CHECKPOINT_MISMATCH``);
 2. bumps ``metadata.json`` ``version`` (the next minor version, or ``version`` when given, which must
    be greater: ``BUNDLE_VERSION_INVALID``) and adds a ``changelog`` entry naming the run and its result;
-3. copies ``model.pt``, ``training_metrics.json``, ``training_curve.png``, ``threshold.json`` (when
-   the run has one; a stale one is removed) and ``run.json`` (as ``models/training_run.json``: the
+3. copies ``model.pt``, ``training_metrics.json``, ``training_curve.png``, ``threshold.json`` and
+   ``operating_point.json`` (when the run has them; stale ones are removed) and ``run.json`` (as ``models/training_run.json``: the
    exact command, its time and result) into ``models/``, each atomically.
 
 Anything already computed from the old weights (``medpipe infer`` done records) is redone on the next
@@ -38,7 +38,9 @@ COPIED = {
     RUN_FILE: "training_run.json",
 }
 OPTIONAL = ("training_curve.png",)
-THRESHOLD_FILE = "threshold.json"
+#: files chosen for a checkpoint on validation: a classifier's decision threshold, a lesion bundle's
+#: operating point (medpipe.evaluate.threshold / .detection)
+WEIGHT_SIDECARS = ("threshold.json", "operating_point.json")
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
 
@@ -105,10 +107,11 @@ def promote(
                 shutil.copyfile(folder / src, tmp)
         elif src not in OPTIONAL:
             raise Code.BUNDLE_NOT_A_RUN(f"{folder} lacks {src}")
-    if (folder / THRESHOLD_FILE).is_file():
-        with atomic_path(models / THRESHOLD_FILE) as tmp:
-            shutil.copyfile(folder / THRESHOLD_FILE, tmp)
-    else:
-        (models / THRESHOLD_FILE).unlink(missing_ok=True)  # a threshold of other weights would mislead
+    for name in WEIGHT_SIDECARS:  # chosen for these weights, or absent: one of other weights would mislead
+        if (folder / name).is_file():
+            with atomic_path(models / name) as tmp:
+                shutil.copyfile(folder / name, tmp)
+        else:
+            (models / name).unlink(missing_ok=True)
     atomic_write_text(layout.metadata, json.dumps(meta, indent=4, ensure_ascii=False) + "\n")
     return {"version": new, "previous": previous, "model_sha256": file_sha256(models / WEIGHTS_FILE)}

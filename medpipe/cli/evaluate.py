@@ -32,6 +32,11 @@ from medpipe.cli.options import bundle_option, device_option, show_paths_option,
 @click.option(
     "--tta", type=click.IntRange(1, 48), default=8, show_default=True, help="--robustness: cube symmetries."
 )
+@click.option("--min-readers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Lesion bundles: nodules marked by fewer readers are neither targets nor false positives.")  # fmt: skip
+@click.option("--choose-operating-point", "choose_fp", type=click.FloatRange(min=0), metavar="FP",
+              help="Lesion bundles: choose the score threshold with at most this many false positives per scan on "
+              "this split and store it beside --weights (a run; promote ships it).")  # fmt: skip
 @show_paths_option
 def evaluate(
     bundle: str,
@@ -43,6 +48,8 @@ def evaluate(
     nsd_tolerance: float,
     robustness: bool,
     tta: int,
+    min_readers: int,
+    choose_fp: float | None,
     show_paths: bool,
 ) -> None:
     """Score the bundle's shipped prediction path on a labelled split.
@@ -50,7 +57,9 @@ def evaluate(
     Segmentation bundles: per-case Dice, HD95 and surface Dice per class, in each case's original grid
     (metrics.csv, summary.json). Classifier bundles (metadata output type "probabilities"): AUC,
     accuracy, F1, precision, recall and confusion matrix at the stored threshold (predictions.csv,
-    summary.json). Cases are named by their manifest case_id or a hash of their path (--show-paths adds it).
+    summary.json). Lesion bundles are also scored as detectors: per-nodule sensitivity, false positives
+    per scan, FROC and the LUNA16 score (detection.csv, candidates.csv, froc.csv, froc.png). Cases are
+    named by their manifest case_id or a hash of their path (--show-paths adds it).
     """
     if robustness:
         from medpipe.evaluate.robustness import robustness as run_robustness
@@ -64,7 +73,8 @@ def evaluate(
 
     run_evaluate(
         bundle, manifest=manifest, split=split, output=output, device=device, weights=weights,
-        nsd_tolerance_mm=nsd_tolerance, show_paths=show_paths, echo=click.echo,
+        nsd_tolerance_mm=nsd_tolerance, show_paths=show_paths, min_readers=min_readers, choose_fp_per_scan=choose_fp,
+        echo=click.echo,
     )  # fmt: skip
 
 

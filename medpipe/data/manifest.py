@@ -33,7 +33,7 @@ from medpipe.errors import Code, ManifestError
 #: Splits a manifest may define, in the order they are reported.
 SPLITS = ("training", "validation", "test")
 #: Entry keys holding paths (resolved against the dataset folder); other keys are passed through.
-PATH_KEYS = ("image", "label", "dicom")
+PATH_KEYS = ("image", "label", "dicom", "mask", "instances", "nodules")
 #: How many missing files an error message lists before summarising.
 MAX_LISTED = 5
 #: Intensity window of uint8 images (MedMNIST archives).

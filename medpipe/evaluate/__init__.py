@@ -2,6 +2,7 @@
 
 * :mod:`~medpipe.evaluate.segmentation` -- Dice, HD95, surface Dice per class, in each case's own grid;
 * :mod:`~medpipe.evaluate.classification` -- AUC, accuracy, F1... at the stored decision threshold;
+* :mod:`~medpipe.evaluate.detection` -- lesion bundles as detectors: sensitivity, false positives per scan, FROC;
 * :mod:`~medpipe.evaluate.threshold` -- the one threshold policy and ``threshold.json`` schema;
 * :mod:`~medpipe.evaluate.robustness` -- a classifier re-scored under graded perturbations;
 * :mod:`~medpipe.evaluate.metrics` -- the figures themselves.
@@ -33,6 +34,8 @@ def evaluate(
     weights: str | Path | None = None,
     nsd_tolerance_mm: float = 1.0,
     show_paths: bool = False,
+    min_readers: int = 2,
+    choose_fp_per_scan: float | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score ``bundle`` (its shipped weights, or ``weights``) on ``split``; returns summary.json."""
@@ -40,5 +43,6 @@ def evaluate(
     if model.kind == CLASSIFICATION:
         return evaluate_classifier(model, split=split, output=output, show_paths=show_paths, echo=echo)
     return evaluate_segmentation(
-        model, split=split, output=output, nsd_tolerance_mm=nsd_tolerance_mm, show_paths=show_paths, echo=echo
-    )
+        model, split=split, output=output, nsd_tolerance_mm=nsd_tolerance_mm, show_paths=show_paths,
+        min_readers=min_readers, choose_fp_per_scan=choose_fp_per_scan, echo=echo,
+    )  # fmt: skip

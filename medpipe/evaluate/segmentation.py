@@ -32,7 +32,20 @@ from medpipe.data.checks import check_labelled_cases
 from medpipe.data.images import read_image
 from medpipe.data.manifest import load_manifest
 from medpipe.errors import Code
+from medpipe.evaluate.detection import (
+    Candidate,
+    Target,
+    at_operating_point,
+    choose_operating_point,
+    froc,
+    match_case,
+    read_operating_point,
+    summary_at,
+    write_operating_point,
+    write_report,
+)
 from medpipe.evaluate.metrics import summarise
+from medpipe.infer.lesions import mask_of, measure_lesions
 from medpipe.privacy import case_id, shown_path
 from medpipe.tables import write_csv
 
@@ -75,9 +88,28 @@ def evaluate_segmentation(
     output: str | Path | None = None,
     nsd_tolerance_mm: float = 1.0,
     show_paths: bool = False,
+    min_readers: int = 2,
+    choose_fp_per_scan: float | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Score segmentation ``model`` on ``split``; see the module docstring. Returns summary.json."""
+    """Score segmentation ``model`` on ``split``; see the module docstring. Returns summary.json.
+
+    A lesion bundle (:attr:`~medpipe.bundle.model.BundleModel.finds_lesions`) is also scored as a
+    detector (:mod:`medpipe.evaluate.detection`; targets: nodules of ``min_readers`` readers or more);
+    ``choose_fp_per_scan`` then chooses its operating point on this split and stores it beside the weights
+    (a training run's, never the shipped ones: ``medpipe promote`` ships it).
+    """
+    detect = model.finds_lesions
+    if choose_fp_per_scan is not None and (not detect or model.weights.shipped):
+        raise Code.BUNDLE_NOT_A_RUN(
+            "an operating point is chosen for a lesion bundle's training run (--weights RUN_DIR) and shipped "
+            "with medpipe promote; these are the bundle's shipped weights"
+            if detect
+            else f"bundle {model.layout.root.name} does not segment lesions: it has no operating point"
+        )
+    threshold = read_operating_point(model.weights.path) if detect else 0.0
+    candidates: list[Candidate] = []
+    targets: list[Target] = []
     man = load_manifest(model.get("manifest"))
     entries = man.split(split, required_keys=("image", "label"))
     num_classes = int(model.get("num_classes"))
@@ -92,7 +124,18 @@ def evaluate_segmentation(
         case = case_id(entry)
         label_image = nib.load(entry["label"])
         label = np.asanyarray(label_image.dataobj).astype(np.int64)
-        pred = model.segment(read_image(entry["image"]), name=case)
+        image = read_image(entry["image"])
+        pred, scores = model.segment_with_scores(image, name=case, scores=detect)
+        if detect:
+            record = json.loads(Path(entry["nodules"]).read_text()) if entry.get("nodules") else None
+            truth = np.asanyarray(nib.load(entry["instances"]).dataobj) if entry.get("instances") else label
+            found, kept = match_case(case, pred, scores, truth.reshape(pred.shape), image.affine_lps, record,
+                                     min_readers=min_readers)  # fmt: skip
+            candidates += found
+            targets += kept
+            if threshold > 0:  # scored as infer ships it: the lesions at the operating point only
+                lesions = measure_lesions(pred, image.affine_lps, names=model.class_names, scores=scores)
+                pred = mask_of(at_operating_point(lesions, threshold)[0], pred.shape)
         if pred.shape != label.shape[:3]:
             raise Code.BUNDLE_GRID_MISMATCH(
                 f"{case}: the prediction is {pred.shape}, the label {label.shape}"
@@ -120,9 +163,24 @@ def evaluate_segmentation(
         "seconds": round(seconds, 1),
         "metrics": summarise(rows, columns),
     }
+    if detect:
+        summary["detection"] = detection_summary(candidates, targets, len(rows), threshold, min_readers)
+        if choose_fp_per_scan is not None:
+            chosen = choose_operating_point(summary["detection"]["froc"]["curve"], choose_fp_per_scan)
+            path = write_operating_point(model.weights.path, chosen, criterion=f"fp_per_scan<={choose_fp_per_scan:g}",
+                                         split=split, luna16_score=summary["detection"]["luna16_score"])  # fmt: skip
+            summary["detection"]["chosen"] = summary_at(candidates, targets, len(rows), chosen)
+            echo(
+                f"operating point: score >= {chosen:.3f} ({choose_fp_per_scan:g} false positives per scan on {split}) -> {path}"
+            )
+        write_report(
+            out_dir, candidates, targets, summary["detection"], f"{model.layout.root.name} on {split}"
+        )
     write_csv(out_dir / "metrics.csv", rows, ["case", *columns] + (["image"] if show_paths else []))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     _print_table(summary, names, nsd_tolerance_mm, echo)
+    if detect:
+        _print_detection(summary["detection"], echo)
     echo(f"{len(rows)} cases in {seconds:.0f} s; metrics.csv and summary.json in {out_dir}")
     return summary
 
@@ -141,3 +199,25 @@ def _print_table(summary: dict[str, Any], names: list[str], nsd_tolerance_mm: fl
             f"{name:<12} {fmt(d['mean']):>10} {fmt(d['median']):>8} {fmt(d['std']):>7} "
             f"{fmt(h['mean']):>8} {fmt(s['mean']):>8}"
         )
+
+
+def detection_summary(
+    candidates: list[Candidate], targets: list[Target], n_cases: int, threshold: float, min_readers: int
+) -> dict[str, Any]:
+    curve = froc(candidates, targets, n_cases)
+    return {
+        "min_readers": min_readers,
+        "operating_point": summary_at(candidates, targets, n_cases, threshold),
+        "luna16_score": curve["luna16_score"],
+        "sensitivity_at_fp_per_scan": {f"{k:g}": v for k, v in curve["sensitivity_at"].items()},
+        "froc": curve,
+    }
+
+
+def _print_detection(result: dict[str, Any], echo: Callable) -> None:
+    op = result["operating_point"]
+    echo(
+        f"detection (targets: nodules of >= {result['min_readers']} readers): {op['found']}/{op['targets']} found, "
+        f"{op['fp_per_scan']:.2f} false positives per scan at score >= {op['threshold']:.3f}; Dice of the found "
+        f"{op['dice_found_mean']:.3f}; LUNA16 score {result['luna16_score']:.3f}"
+    )

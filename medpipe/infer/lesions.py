@@ -13,7 +13,7 @@ nodule costs a few hundred pairwise distances instead of 10⁸.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from scipy import ndimage
@@ -39,11 +39,14 @@ class Lesion:
     mean_intensity: float
     bbox_min: tuple[int, int, int]  # voxel index [i, j, k] of the component's bounding box (inclusive)
     bbox_max: tuple[int, int, int]
+    #: the highest foreground probability in the component (NaN without a score map)
+    score: float = float("nan")
+    #: (bounding box slices, component mask on the box): where the lesion is, to keep or drop it
+    region: tuple[tuple[slice, ...], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def row(self) -> dict[str, object]:
-        out = asdict(self)
-        out.pop("bbox_min")
-        out.pop("bbox_max")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("bbox_min", "bbox_max", "region")}
+        out["score"] = round(self.score, 4) if np.isfinite(self.score) else float("nan")
         return out
 
     @property
@@ -76,11 +79,13 @@ def measure_lesions(
     affine_lps: np.ndarray,
     image: np.ndarray | None = None,
     names: dict[int, str] | None = None,
+    scores: np.ndarray | None = None,
 ) -> list[Lesion]:
     """Components of every nonzero label of ``mask`` ([i, j, k]) with ``affine_lps`` (voxel -> LPS mm).
 
-    ``image`` (same grid) gives the mean intensity; ``names`` maps label values to names. Lesions are
-    listed by label, then largest first.
+    ``image`` (same grid) gives the mean intensity; ``names`` maps label values to names; ``scores``
+    (uint8, 1/255 steps: :meth:`medpipe.bundle.model.BundleModel.segment_with_scores`) each lesion's
+    score, its highest foreground probability. Lesions are listed by label, then largest first.
     """
     mask = np.asarray(mask)
     affine = np.asarray(affine_lps, dtype=np.float64)
@@ -102,9 +107,10 @@ def measure_lesions(
             centroid_idx = vox.mean(axis=0) + offset
             centroid = affine[:3, :3] @ centroid_idx + affine[:3, 3]
             mean = float(np.asarray(image)[box][comp].mean()) if image is not None else float("nan")
-            found.append((len(vox), surf_mm, centroid, mean, box))
+            score = float(np.asarray(scores)[box][comp].max()) / 255.0 if scores is not None else float("nan")
+            found.append((len(vox), surf_mm, centroid, mean, box, score, comp))
         found.sort(key=lambda f: -f[0])
-        for rank, (count, surf_mm, centroid, mean, box) in enumerate(found, start=1):
+        for rank, (count, surf_mm, centroid, mean, box, score, comp) in enumerate(found, start=1):
             out.append(
                 Lesion(
                     label=value,
@@ -119,6 +125,17 @@ def measure_lesions(
                     mean_intensity=mean,
                     bbox_min=tuple(int(s.start) for s in box),  # type: ignore[arg-type]
                     bbox_max=tuple(int(s.stop) - 1 for s in box),  # type: ignore[arg-type]
+                    score=score,
+                    region=(box, comp),
                 )
             )
     return out
+
+
+def mask_of(lesions: list[Lesion], shape: tuple[int, ...]) -> np.ndarray:
+    """The label mask holding exactly ``lesions`` (uint8): what is written when only some are reported."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    for lesion in lesions:
+        box, comp = lesion.region  # type: ignore[misc]
+        mask[box][comp] = lesion.label
+    return mask

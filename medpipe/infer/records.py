@@ -3,8 +3,8 @@
 ``OUT/<id>/done.json`` is written last for a series, after all its outputs: it holds the record that
 must match for a re-run to skip the series (bundle name, version and weights hash, the input
 fingerprint, the options that change outputs) with the series' result and lesion rows. Run level:
-``results.csv`` (one row per series), ``lesions.csv``, ``failures.csv`` (series, code, message) and
-``summary.json``, rewritten after every series so an interrupted run still reports what it did.
+``results.csv`` (one row per series), ``lesions.csv``, ``candidates.csv`` (components below the
+operating point), ``failures.csv`` (series, code, message) and ``summary.json``, rewritten after every series so an interrupted run still reports what it did.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from medpipe.atomic import atomic_write_text
 from medpipe.tables import write_csv
 
 RESULT_FIELDS = (
-    "series", "kind", "modality", "status", "shape", "spacing_mm", "lesions", "lesion_volume_mm3",
+    "series", "kind", "modality", "status", "shape", "spacing_mm", "lesions", "candidates", "lesion_volume_mm3",
     "seconds", "peak_rss_mb", "mask", "seg", "preview", "note",
 )  # fmt: skip
 LESION_FIELDS = (
-    "series", "label", "label_name", "lesion", "voxels", "volume_mm3", "diameter_mm",
+    "series", "label", "label_name", "lesion", "score", "voxels", "volume_mm3", "diameter_mm",
     "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "mean_intensity", "intensity_unit",
     "classifier_probability",
 )  # fmt: skip
@@ -43,7 +43,7 @@ def read_done(folder: Path) -> dict[str, Any] | None:
 def outputs_exist(folder: Path, done: Mapping[str, Any]) -> bool:
     """Every output file a done record names is still there."""
     result = done.get("result", {})
-    names = [result.get(k) for k in ("mask", "seg", "preview", "lesion_table")]
+    names = [result.get(k) for k in ("mask", "seg", "preview", "lesion_table", "candidate_table")]
     return all((folder / n).is_file() for n in names if n)
 
 
@@ -66,6 +66,7 @@ def write_reports(
 ) -> None:
     """The run-level reports in ``out``."""
     write_csv(out / "results.csv", results, RESULT_FIELDS + ((SOURCE_FIELD,) if show_paths else ()))
-    write_csv(out / "lesions.csv", lesions, LESION_FIELDS)
+    write_csv(out / "lesions.csv", [r for r in lesions if not r.get("candidate")], LESION_FIELDS)
+    write_csv(out / "candidates.csv", [r for r in lesions if r.get("candidate")], LESION_FIELDS)
     write_csv(out / "failures.csv", failures, FAILURE_FIELDS)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")

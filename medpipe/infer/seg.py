@@ -23,12 +23,9 @@ import numpy as np
 
 from medpipe import __version__
 from medpipe.atomic import atomic_path
+from medpipe.bundle.model import LESION_NAMES
 from medpipe.dicom.scan import Stack
 from medpipe.errors import Code, MedpipeError
-
-#: Label names meaning an abnormality: their category is "Morphologically Abnormal Structure".
-ABNORMAL = {"nodule", "lesion", "tumor", "tumour", "mass", "aneurysm", "neoplasm", "metastasis", "cyst"}
-
 
 #: Patient / General Study attributes of Type 2 (required, may be empty) that a SEG copies from its
 #: sources; some exports (de-identified or hand-made) drop them, which highdicom would refuse.
@@ -47,7 +44,7 @@ def segment_codes(name: str):  # -> tuple[Code, Code]
         prop = getattr(codes.SCT, key)
     except AttributeError:
         prop = None
-    abnormal = name.strip().lower() in ABNORMAL
+    abnormal = name.strip().lower() in LESION_NAMES
     category = codes.SCT.MorphologicallyAbnormalStructure if abnormal else codes.SCT.AnatomicalStructure
     if prop is None:
         return codes.SCT.Tissue, codes.SCT.Tissue

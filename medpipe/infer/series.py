@@ -4,8 +4,11 @@ Into ``OUT/<id>/``, each file under a temporary name renamed into place:
 
 - ``<id>_seg.nii.gz``: the label mask, on exactly the grid ``medpipe convert`` writes for the series;
 - ``<id>_seg.dcm``: a DICOM Segmentation referencing the source instances (DICOM inputs only);
-- ``<id>_lesions.csv``: connected components with volume, diameter, centroid, mean intensity
-  (+ ``--classifier`` probability);
+- ``<id>_lesions.csv``: the lesions, connected components scoring at least the operating point of the
+  weights (``operating_point.json`` beside them; every component without one), with score, volume,
+  diameter, centroid, mean intensity (+ ``--classifier`` probability); the mask and the SEG hold exactly
+  these lesions;
+- ``<id>_candidates.csv``: the components scoring below the operating point (not in the mask);
 - ``<id>_preview.png``.
 """
 
@@ -19,8 +22,9 @@ import numpy as np
 
 from medpipe.bundle.model import BundleModel
 from medpipe.data.nifti import write_nifti
+from medpipe.evaluate.detection import at_operating_point, read_operating_point
 from medpipe.infer.classifier import CropClassifier
-from medpipe.infer.lesions import measure_lesions
+from medpipe.infer.lesions import mask_of, measure_lesions
 from medpipe.infer.preview import write_preview
 from medpipe.infer.records import LESION_FIELDS
 from medpipe.infer.seg import write_seg
@@ -36,8 +40,15 @@ def process_series(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Outputs of one series in ``folder``; returns its results.csv row and its lesion rows."""
     image = source.load()
-    mask = model.segment(image, name=f"series {source.id}")
+    mask, scores = model.segment_with_scores(image, name=f"series {source.id}")
     names = model.class_names
+    # every component is a candidate with a score; the lesions are those at the operating point, and
+    # the mask, the SEG and the lesion table hold exactly them
+    found, dropped = at_operating_point(
+        measure_lesions(mask, image.affine_lps, image.array, names, scores), read_operating_point(model.weights.path)
+    )
+    if dropped:
+        mask = mask_of(found, mask.shape)
     notes: list[str] = []
     sid = source.id
     result: dict[str, Any] = {
@@ -64,7 +75,6 @@ def process_series(
                 names, bundle_name=model.name, bundle_version=model.version,
             )  # fmt: skip
             result["seg"] = f"{sid}_seg.dcm"
-    found = measure_lesions(mask, image.affine_lps, image.array, names)
     unit = "HU" if source.modality == "CT" else ""
     pad = -1024.0 if source.modality == "CT" else float(np.min(image.array))
     rows = []
@@ -78,6 +88,10 @@ def process_series(
     result["lesion_volume_mm3"] = float(sum(r["volume_mm3"] for r in rows))
     result["lesion_table"] = f"{sid}_lesions.csv"
     write_csv(folder / result["lesion_table"], rows, LESION_FIELDS)
+    result["candidates"] = len(dropped)
+    result["candidate_table"] = f"{sid}_candidates.csv"
+    candidates = [{"series": sid, **c.row(), "intensity_unit": unit} for c in dropped]
+    write_csv(folder / result["candidate_table"], candidates, LESION_FIELDS)
     window = model.get("hu_window", DEFAULT_WINDOW)
     write_preview(
         folder / f"{sid}_preview.png", image.array, mask, found,
@@ -88,4 +102,4 @@ def process_series(
     if clf is not None:
         notes.append(f"classifier_probability = P({clf.positive}) from {clf.model.name} {clf.model.version}")
     result["note"] = "; ".join(notes)
-    return result, rows
+    return result, rows + [{**c, "candidate": True} for c in candidates]

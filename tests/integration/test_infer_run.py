@@ -311,16 +311,16 @@ def test_out_of_memory_on_one_series_is_recorded_and_the_run_goes_on(
     from medpipe.bundle.model import BundleModel
     from medpipe.infer import run as run_module
 
-    real_segment = BundleModel.segment
+    real_segment = BundleModel.segment_with_scores
     calls = []
 
-    def segment(self, image, name="image"):  # the first series exhausts memory, the next one is fine
+    def segment(self, image, name="image", **kwargs):  # the first series exhausts memory, the next one is fine
         calls.append(name.removeprefix("series "))
         if len(calls) == 1:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_segment(self, image, name)
+        return real_segment(self, image, name, **kwargs)
 
-    monkeypatch.setattr(BundleModel, "segment", segment)
+    monkeypatch.setattr(BundleModel, "segment_with_scores", segment)
     inputs = tmp_path / "in"
     for folder in run["good"]:
         shutil.copytree(folder, inputs / folder.name)
@@ -345,3 +345,30 @@ def test_show_paths_adds_where_each_series_lies_and_nothing_else(run: dict, tmp_
     (row,) = _rows(tmp_path / "out" / "results.csv")
     assert row["source"] == run["good"][0].name and row["status"] == "ok"  # the folder named after the patient
     assert not any(PATIENT_NAME.split("^")[1] in p.name for p in (tmp_path / "out").rglob("*"))  # ids still hashed
+
+
+def test_lesions_have_scores_and_the_mask_holds_only_those_at_the_operating_point(run: dict, tmp_path: Path) -> None:
+    from medpipe.infer.run import InferOptions, infer
+
+    rows = _rows(run["out"] / "lesions.csv")
+    scores = sorted(float(r["score"]) for r in rows)
+    assert scores and all(0.5 <= s <= 1.0 for s in scores)  # argmax components: foreground wins somewhere
+    weights = tmp_path / "run"
+    weights.mkdir()
+    shutil.copy(BUNDLE / "models" / "model.pt", weights / "model.pt")
+    distinct = sorted(set(scores))
+    assert len(distinct) >= 2, distinct
+    threshold = (distinct[len(distinct) // 2 - 1] + distinct[len(distinct) // 2]) / 2  # between two scores
+    (weights / "operating_point.json").write_text(json.dumps({"score_threshold": threshold}))
+    inputs = tmp_path / "in"
+    for folder in run["good"]:
+        shutil.copytree(folder, inputs / folder.name)
+    options = InferOptions(formats=["nifti"], weights=weights, overrides=FAST, progress=False)
+    summary = infer(BUNDLE, inputs, tmp_path / "out", options, echo=lambda _: None)
+    lesions, candidates = _rows(tmp_path / "out" / "lesions.csv"), _rows(tmp_path / "out" / "candidates.csv")
+    assert lesions and candidates and summary["lesions"] == len(lesions) and summary["candidates"] == len(candidates)
+    assert all(float(r["score"]) >= threshold for r in lesions) and all(float(r["score"]) < threshold for r in candidates)
+    assert len(lesions) + len(candidates) == len(rows)  # the same components, split at the operating point
+    for sid in {r["series"] for r in lesions}:
+        mask = np.asarray(nib.load(tmp_path / "out" / sid / f"{sid}_seg.nii.gz").dataobj)
+        assert int(mask.sum()) == sum(int(r["voxels"]) for r in lesions if r["series"] == sid)

@@ -55,7 +55,7 @@ def test_cases_are_named_by_hash_and_paths_appear_only_when_asked(scored: dict, 
     entry = scored["entry"]
     (row,) = rows(scored["out"] / "metrics.csv")
     assert row["case"] == case_id(entry) == entry["case_id"] and "image" not in row  # the manifest's own id
-    for path in scored["out"].iterdir():
+    for path in [*scored["out"].glob("*.csv"), *scored["out"].glob("*.json")]:
         text = path.read_text()
         assert str(tiny_dataset.parent) not in text and "imagesTr" not in text  # no path at all
     evaluate(BUNDLE, manifest=tiny_dataset, split="test", output=tmp_path, show_paths=True, echo=lambda _: None)
@@ -67,7 +67,7 @@ def test_a_perfect_prediction_scores_perfectly(tiny_dataset: Path, tmp_path, mon
     """The metric plumbing alone: the label as the prediction gives Dice 1, HD95 0 mm, NSD 1."""
     entry = load_split(tiny_dataset, "test")[0]
     label = np.asarray(nib.load(entry["label"]).dataobj).astype(np.uint8)
-    monkeypatch.setattr(BundleModel, "segment", lambda self, image, name="": label)
+    monkeypatch.setattr(BundleModel, "segment_with_scores", lambda self, image, name="", scores=True: (label, None))
     summary = evaluate(BUNDLE, manifest=tiny_dataset, output=tmp_path, echo=lambda _: None)
     m = summary["metrics"]
     assert m["dice_nodule"]["mean"] == 1.0 and m["hd95_nodule"]["mean"] == 0.0 and m["nsd_nodule"]["mean"] == 1.0
