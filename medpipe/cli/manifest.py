@@ -131,12 +131,13 @@ def manifest_lidc(
 @click.option("--classes", help="Label values in class order, comma-separated (default: sorted), e.g. Benign,Malign.")
 @click.option("--patient-column", default="patient_id", show_default=True, help="Splits are by this column.")
 @click.option("--keep", "keep_columns", multiple=True, metavar="COLUMN", help="Copy a column into the entries.")
+@click.option("--hold-out", multiple=True, metavar="PATIENT", help="A patient that goes to test whatever the draw.")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def manifest_crops(
     images_dir: str, table: str, output: str, val_fraction: float, masks_dir: str | None, name_format: str,
     label_column: str, classes: str | None, patient_column: str, keep_columns: tuple[str, ...],
-    test_fraction: float, seed: int,
+    hold_out: tuple[str, ...], test_fraction: float, seed: int,
 ) -> None:  # fmt: skip
     """From a folder of crops and a table with one row per crop (e.g. lidc_nodule_vois): a classifier
     datalist split by patient."""
@@ -145,7 +146,7 @@ def manifest_crops(
     content = crops_manifest(
         images_dir, table, output, masks_dir=masks_dir, name_format=name_format, label_column=label_column,
         classes=classes.split(",") if classes else None, patient_column=patient_column, keep_columns=keep_columns,
-        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        hold_out=hold_out, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
     )  # fmt: skip
     _report(content, output)
     if content["skipped"]:

@@ -174,18 +174,20 @@ def folder_manifest(
 
 
 def patient_splits(
-    patients: list[str], *, val_fraction: float, test_fraction: float, seed: int
+    patients: list[str], *, val_fraction: float, test_fraction: float, seed: int, hold_out: tuple[str, ...] = ()
 ) -> dict[str, str]:
     """patient -> split: a seeded ``test_fraction`` of the patients for test, ``val_fraction`` of the rest
-    for validation. All cases of a patient share its split, so no patient is both trained and tested on."""
-    order = sorted(set(patients))
+    for validation. All cases of a patient share its split, so no patient is both trained and tested on.
+    ``hold_out`` patients go to test whatever the draw (e.g. a scan kept for an end-to-end evaluation)."""
+    order = sorted(set(patients) - set(hold_out))
     random.Random(seed).shuffle(order)
     n_test = round(test_fraction * len(order))
     n_val = max(1, round(val_fraction * (len(order) - n_test))) if len(order) - n_test > 1 else 0
-    return {
+    split = {
         p: "test" if i < n_test else "validation" if i < n_test + n_val else "training"
         for i, p in enumerate(order)
     }
+    return {**split, **{p: "test" for p in hold_out if p in set(patients)}}
 
 
 def _number(text: str) -> Any:
@@ -206,6 +208,7 @@ def crops_manifest(
     classes: list[str] | None = None,
     patient_column: str = "patient_id",
     keep_columns: tuple[str, ...] = (),
+    hold_out: tuple[str, ...] = (),
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -263,15 +266,17 @@ def crops_manifest(
         raise Code.MANIFEST_EMPTY_SPLIT(
             f"no row of {Path(table).name} names a crop in {images_dir} ({name_format!r})"
         )
-    split_of = patient_splits([e["patient"] for e in entries], val_fraction=val_fraction,
-                              test_fraction=test_fraction, seed=seed)  # fmt: skip
+    split_of = patient_splits(
+        [e["patient"] for e in entries], val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        hold_out=tuple(hold_out),
+    )  # fmt: skip
     content: dict[str, Any] = {
         "name": images_dir.name,
         "labels": {str(i): c for i, c in enumerate(classes)},
         "num_classes": len(classes),
         "task": "classification",
         "split_rule": f"by {patient_column}, seeded ({seed}): test {test_fraction:.0%}, validation "
-        f"{val_fraction:.0%} of the rest",
+        f"{val_fraction:.0%} of the rest" + (f"; held out for test: {', '.join(hold_out)}" if hold_out else ""),
         "skipped": skipped,
     }
     for split in ("training", "validation", "test"):

@@ -13,6 +13,12 @@ The bundle is opened by :class:`~medpipe.bundle.model.BundleModel` (weights chec
 mode, metadata), on the segmenter's device. The crop is sampled here (trilinear, from the original
 volume, centred on the lesion centroid, along the RAS axes): one interpolation, no resampling of the
 whole volume. Voxels outside the volume get ``pad`` (air, -1024 HU, for CT).
+
+Optional ``crop_context`` (a mapping): the classifier was trained on crops that end close to the lesion
+(``lidc_nodule_vois``: the nodule's box plus ``margin_fraction`` of its extent on each side, at least
+``inplane_min`` voxels in-plane), padded with air up to ``crop_size``. With ``crop_context`` the voxels
+outside that same box around the found lesion are set to ``pad`` before the crop is sampled, so the
+network sees at inference what it saw in training rather than the whole chest around the lesion.
 """
 
 from __future__ import annotations
@@ -42,19 +48,60 @@ def crop_around(
     spacing: np.ndarray,
     size: tuple[int, int, int],
     pad: float,
+    region: tuple[slice, slice, slice] | None = None,
 ) -> MetaTensor:
-    """A (1, X, Y, Z) MetaTensor of ``size`` voxels at ``spacing`` mm around ``centre_ras``, along the RAS axes."""
+    """A (1, X, Y, Z) MetaTensor of ``size`` voxels at ``spacing`` mm around ``centre_ras``, along the RAS axes.
+
+    With ``region`` (voxel slices of ``array``), only the voxels inside it are read; the rest count as ``pad``.
+    """
     shape = np.asarray(size)
     offsets = [(np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(shape, spacing, strict=True)]
     grid = np.stack(np.meshgrid(*offsets, indexing="ij"), axis=0).reshape(3, -1)
     world = grid + np.asarray(centre_ras, dtype=np.float64)[:, None]
     to_voxel = np.linalg.inv(affine_ras)
     idx = to_voxel[:3, :3] @ world + to_voxel[:3, 3:4]
-    values = map_coordinates(np.asarray(array, dtype=np.float32), idx, order=1, mode="constant", cval=pad)
+    source = np.asarray(array)
+    if region is not None:
+        inside = np.full(source.shape, pad, dtype=np.float32)
+        inside[region] = source[region]
+        source = inside
+    values = map_coordinates(source, idx, order=1, mode="constant", cval=pad, output=np.float32)
     crop_affine = np.diag([*spacing, 1.0])
     crop_affine[:3, 3] = np.asarray(centre_ras) - (shape - 1) / 2.0 * spacing
     t = torch.as_tensor(values.reshape(1, *shape).astype(np.float32))
     return MetaTensor(t, affine=torch.as_tensor(crop_affine), meta={"space": "RAS"})
+
+
+def slice_axis(affine_ras: np.ndarray) -> int:
+    """The voxel axis closest to the superior direction (the slice axis of an axial series)."""
+    cols = np.asarray(affine_ras, dtype=np.float64)[:3, :3]
+    return int(np.argmax(np.abs(cols[2]) / np.linalg.norm(cols, axis=0)))
+
+
+def context_region(
+    bbox_min: tuple[int, int, int],
+    bbox_max: tuple[int, int, int],
+    shape: tuple[int, ...],
+    policy: dict[str, Any],
+    axis: int = 2,
+) -> tuple[slice, slice, slice]:
+    """The voxel box a training crop would have had around a lesion with this (inclusive) bounding box.
+
+    Each side grows by ``floor(margin_fraction * extent)`` voxels; the two in-plane axes (all but ``axis``)
+    are then widened, centred, to at least ``inplane_min`` voxels. Clipped to the volume.
+    """
+    fraction = float(policy.get("margin_fraction", 0.0))
+    minimum = int(policy.get("inplane_min", 0))
+    out = []
+    for a in range(3):
+        lo, hi = int(bbox_min[a]), int(bbox_max[a])
+        margin = int(np.floor(fraction * (hi - lo + 1)))
+        lo, hi = lo - margin, hi + margin
+        if a != axis and hi - lo + 1 < minimum:
+            grow = minimum - (hi - lo + 1)
+            lo, hi = lo - grow // 2, hi + grow - grow // 2
+        out.append(slice(max(lo, 0), min(hi + 1, int(shape[a]))))
+    return out[0], out[1], out[2]
 
 
 @dataclass
@@ -65,6 +112,7 @@ class CropClassifier:
     crop_spacing: np.ndarray
     crop_size: tuple[int, int, int]
     transforms: Compose
+    context: dict[str, Any] | None = None
 
     @classmethod
     def open(cls, bundle: str | Path, device: Any) -> CropClassifier:
@@ -86,17 +134,32 @@ class CropClassifier:
                 f"classifier bundle {name}: crop_spacing {spacing.tolist()} / crop_size {size} must be 3 positive "
                 "numbers each"
             )
-        return cls(model, spacing, size, Compose(model.get("crop_transforms")))  # type: ignore[arg-type]
+        context = model.get("crop_context", None)
+        if context is not None and not isinstance(context, dict):
+            raise Code.INFER_CLASSIFIER_INVALID(
+                f"classifier bundle {name}: crop_context must be a mapping (margin_fraction, inplane_min), "
+                f"not {context!r}"
+            )
+        transforms = Compose(model.get("crop_transforms"))  # type: ignore[arg-type]
+        return cls(model, spacing, size, transforms, dict(context) if context else None)
 
     @property
     def positive(self) -> str:
         return self.model.class_names.get(1, "positive")
 
     def probability(
-        self, array: np.ndarray, affine_ras: np.ndarray, centre_ras: np.ndarray, pad: float
+        self,
+        array: np.ndarray,
+        affine_ras: np.ndarray,
+        centre_ras: np.ndarray,
+        pad: float,
+        bbox: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None,
     ) -> float:
-        """Softmax probability of class 1 for the crop around ``centre_ras``."""
-        crop = crop_around(array, affine_ras, centre_ras, self.crop_spacing, self.crop_size, pad)
+        """Softmax probability of class 1 for the crop around ``centre_ras`` (``bbox``: the lesion's voxel box)."""
+        region = None
+        if self.context and bbox is not None:
+            region = context_region(bbox[0], bbox[1], array.shape, self.context, slice_axis(affine_ras))
+        crop = crop_around(array, affine_ras, centre_ras, self.crop_spacing, self.crop_size, pad, region)
         data = self.transforms({"image": crop})
         with torch.no_grad():
             logits = self.model.network(torch.as_tensor(data["image"])[None].float().to(self.model.device))

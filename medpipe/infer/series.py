@@ -82,7 +82,8 @@ def process_series(
         row: dict[str, Any] = {"series": sid, **lesion.row(), "intensity_unit": unit}
         if clf is not None:
             centre_ras = lesion.centroid_lps * np.array([-1.0, -1.0, 1.0])
-            row["classifier_probability"] = clf.probability(image.array, image.affine_ras, centre_ras, pad)
+            box = (lesion.bbox_min, lesion.bbox_max)
+            row["classifier_probability"] = clf.probability(image.array, image.affine_ras, centre_ras, pad, box)
         rows.append(row)
     result["lesions"] = len(rows)
     result["lesion_volume_mm3"] = float(sum(r["volume_mm3"] for r in rows))

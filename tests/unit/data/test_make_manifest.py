@@ -88,3 +88,11 @@ def test_the_lidc_nodule_crops(tmp_path):
     assert sum(e["label"] for e in entries) == 286  # Malign crops with an image (PROVENANCE.md)
     patients = [{e["patient"] for e in content[s]} for s in ("training", "validation", "test")]
     assert sum(len(p) for p in patients) == 444 and not (patients[0] & patients[2])
+
+
+def test_held_out_patients_go_to_test_and_leave_the_draw_unchanged():
+    patients = [f"p{i // 3}" for i in range(90)]
+    plain = patient_splits([p for p in patients if p != "p7"], val_fraction=0.2, test_fraction=0.2, seed=1)
+    held = patient_splits(patients, val_fraction=0.2, test_fraction=0.2, seed=1, hold_out=("p7", "absent"))
+    assert held["p7"] == "test" and "absent" not in held
+    assert {p: s for p, s in held.items() if p != "p7"} == plain
