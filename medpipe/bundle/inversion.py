@@ -4,7 +4,8 @@ A segmentation bundle's inference post-processing maps the prediction from the p
 (reoriented, resampled, cropped) back to the input grid with MONAI's ``Invertd``, which builds the
 whole-volume sampling grid at once (16 bytes per voxel: 1.6 GB for a 512x512x400 CT). When the
 post-processing is voxel-wise around one ``Invertd`` (``Activationsd`` / ``Invertd`` /
-``AsDiscreted``, as every shipped bundle's is), :func:`invert_in_slabs` computes the same geometry
+``AsDiscreted``, and :class:`~medpipe.lungs.RestrictToLungsd` before the inversion, as every shipped
+bundle's is), :func:`invert_in_slabs` computes the same geometry
 one slab of slices at a time: each input voxel centre is mapped through the preprocessed image's
 affine and the probabilities are sampled there trilinearly, then the bundle's own transforms after
 ``Invertd`` (argmax...) run on the slab. Any other post-processing runs as the bundle wrote it.
@@ -26,6 +27,11 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Activationsd, AsDiscreted, Invertd, Spacingd
 
+from medpipe.lungs import RestrictToLungsd
+
+#: voxel-wise steps that may come before ``Invertd`` besides MONAI's (they read the preprocessed image)
+VOXELWISE = (RestrictToLungsd,)
+
 #: voxels of the input grid resampled at once by :func:`invert_in_slabs` (about 40 bytes each)
 SLAB_VOXELS = 4_000_000
 
@@ -33,8 +39,10 @@ SLAB_VOXELS = 4_000_000
 def lean_split(post: Sequence[Any]) -> tuple[list[Any], list[Any]] | None:
     """(before, after) the one ``Invertd`` of a voxel-wise post-processing, or ``None`` for any other."""
     inverts = [i for i, t in enumerate(post) if isinstance(t, Invertd)]
-    if len(inverts) != 1 or not all(isinstance(t, (Activationsd, AsDiscreted, Invertd)) for t in post):
+    if len(inverts) != 1 or not all(isinstance(t, (Activationsd, AsDiscreted, Invertd, *VOXELWISE)) for t in post):
         return None
+    if any(isinstance(t, VOXELWISE) for t in post[inverts[0] :]):
+        return None  # these need the preprocessed image: only before the inversion
     inv = post[inverts[0]]
     if list(inv.keys) != ["pred"] or list(inv.orig_keys) != ["image"]:
         return None

@@ -157,7 +157,8 @@ def test_seg_passes_dciodvfy_and_reads_back_to_the_nifti_mask(run: dict) -> None
             and segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "27925004"
         )
         algo = segment.SegmentationAlgorithmIdentificationSequence[0]
-        assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("Lung nodule CT segmentation", "0.1.1")
+        version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
+        assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("Lung nodule CT segmentation", version)
         if dciodvfy is None:
             continue
         report = subprocess.run([dciodvfy, str(seg_path)], capture_output=True, text=True).stderr

@@ -1,0 +1,118 @@
+"""A classical lung-field mask of a chest CT, to keep lesion candidates inside the lungs.
+
+HU threshold and connected components, on a coarse grid (``grid_mm``) so that a 512×512×300 series takes
+about a second:
+
+1. air = voxels below ``air_hu`` (-400 HU: lung parenchyma, airways, the air around the patient; the
+   -2048 / -3024 padding outside a scanner's reconstruction circle counts as air);
+2. drop air components that touch the in-plane border of the volume (outside the patient, the table's
+   foam and the air under it) and those smaller than ``min_lung_ml``;
+3. fill holes slice by slice (vessels and nodules inside the lungs), then close with a ball of
+   ``closing_mm`` so that nodules on the pleura, which indent the air region, are inside too.
+
+The result is a boolean mask on the image's own grid. It is a candidate filter, not a segmentation to
+measure lungs with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class LungField:
+    """The parameters of :func:`lung_mask` (``candidate_filter`` in a lesion bundle's ``common.json``)."""
+
+    air_hu: float = -400.0
+    grid_mm: float = 2.5
+    min_lung_ml: float = 50.0
+    closing_mm: float = 10.0
+
+    def mask(self, array_hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+        return lung_mask(array_hu, spacing, self)
+
+
+def _ball(radius_voxels: np.ndarray) -> np.ndarray:
+    r = np.maximum(np.asarray(radius_voxels, dtype=np.float64), 0.5)
+    half = np.floor(r).astype(int)
+    grid = np.meshgrid(*[np.arange(-h, h + 1) / rr for h, rr in zip(half, r, strict=True)], indexing="ij")
+    return sum(g**2 for g in grid) <= 1.0
+
+
+def lung_mask(
+    array_hu: np.ndarray, spacing: tuple[float, float, float], params: LungField | None = None
+) -> np.ndarray:
+    """Boolean lung field of ``array_hu`` (voxel axes x, y, slice; ``spacing`` in mm per axis)."""
+    p = params or LungField()
+    array_hu = np.asarray(array_hu)
+    step = np.maximum(np.round(p.grid_mm / np.asarray(spacing, dtype=np.float64)).astype(int), 1)
+    coarse = array_hu[:: step[0], :: step[1], :: step[2]]
+    voxel_ml = float(np.prod(np.asarray(spacing) * step)) / 1000.0
+    air = coarse < p.air_hu
+    labels, n = ndimage.label(air)
+    if n == 0:
+        return np.zeros(array_hu.shape, dtype=bool)
+    border = np.unique(np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(),
+                                       labels[:, -1].ravel()]))  # fmt: skip
+    sizes = ndimage.sum_labels(air, labels, index=np.arange(1, n + 1)) * voxel_ml
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[1:] = sizes >= p.min_lung_ml
+    keep[border] = False
+    lungs = keep[labels]
+    for k in range(lungs.shape[2]):
+        lungs[:, :, k] = ndimage.binary_fill_holes(lungs[:, :, k])
+    if p.closing_mm > 0 and lungs.any():
+        radius = p.closing_mm / (np.asarray(spacing) * step)
+        pad = np.floor(np.maximum(radius, 0.5)).astype(int)
+        padded = np.pad(lungs, [(w, w) for w in pad])
+        closed = ndimage.binary_closing(padded, structure=_ball(radius))
+        lungs = closed[pad[0] : pad[0] + lungs.shape[0], pad[1] : pad[1] + lungs.shape[1], pad[2] : pad[2] + lungs.shape[2]]
+    # one coarse cell more all round, so that going back to the full grid loses no lung at the edges
+    lungs = ndimage.binary_dilation(lungs)
+    # back to the full grid: each voxel takes its coarse cell
+    idx = [np.minimum(np.arange(n_full) // s, n_coarse - 1) for n_full, s, n_coarse in zip(array_hu.shape, step, lungs.shape, strict=True)]
+    return lungs[np.ix_(*idx)]
+
+
+class RestrictToLungsd(MapTransform):
+    """Post-processing (before ``Invertd``): foreground probabilities outside the lung field become 0.
+
+    Runs on the preprocessed grid, where ``image_key`` holds the CT scaled from ``hu_window`` to [0, 1]
+    (``ScaleIntensityRanged`` with clipping); the HU it needs are recovered from that window. Voxel-wise,
+    so ``python -m monai.bundle run`` and ``medpipe infer`` apply exactly the same restriction.
+    """
+
+    def __init__(
+        self,
+        keys: Any = "pred",
+        image_key: str = "image",
+        hu_window: Sequence[float] = (-1000.0, 400.0),
+        allow_missing_keys: bool = False,
+        **field: float,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.window = (float(hu_window[0]), float(hu_window[1]))
+        self.field = LungField(**field)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.image_key]
+        lo, hi = self.window
+        hu = lo + np.asarray(image[0].detach().cpu().numpy(), dtype=np.float32) * (hi - lo)
+        affine = np.asarray(image.affine if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
+        spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+        outside = torch.as_tensor(~self.field.mask(hu, spacing))  # type: ignore[arg-type]
+        for key in self.key_iterator(d):
+            pred = d[key]
+            region = outside.to(pred.device)
+            pred[1:, region] = 0  # in place: a MetaTensor keeps the record Invertd needs
+            pred[0, region] = 1
+        return d
