@@ -170,6 +170,11 @@ class Code(str, Enum):
         "BUNDLE_NOT_SEGMENTER", BundleError,
         "a segmentation command (infer, segmentation evaluate) on a bundle that outputs class probabilities",
     )  # fmt: skip
+    BUNDLE_NOT_LESION = (
+        "BUNDLE_NOT_LESION", BundleError,
+        "an option for lesion bundles (evaluate --choose-operating-point / --classifier) on a bundle whose "
+        "inference does not find lesions",
+    )  # fmt: skip
     ROBUSTNESS_UNSUPPORTED = (
         "ROBUSTNESS_UNSUPPORTED", BundleError, "evaluate --robustness on a segmentation bundle"
     )

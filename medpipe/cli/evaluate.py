@@ -37,6 +37,9 @@ from medpipe.cli.options import bundle_option, device_option, show_paths_option,
 @click.option("--choose-operating-point", "choose_fp", type=click.FloatRange(min=0), metavar="FP",
               help="Lesion bundles: choose the score threshold with at most this many false positives per scan on "
               "this split and store it beside --weights (a run; promote ships it).")  # fmt: skip
+@click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=str), metavar="BUNDLE",
+              help="Lesion bundles: add this classifier's probability for each found nodule to "
+              "lesions_vs_readers.csv, as medpipe infer --classifier computes it.")  # fmt: skip
 @show_paths_option
 def evaluate(
     bundle: str,
@@ -50,6 +53,7 @@ def evaluate(
     tta: int,
     min_readers: int,
     choose_fp: float | None,
+    classifier: str | None,
     show_paths: bool,
 ) -> None:
     """Score the bundle's shipped prediction path on a labelled split.
@@ -58,7 +62,8 @@ def evaluate(
     (metrics.csv, summary.json). Classifier bundles (metadata output type "probabilities"): AUC,
     accuracy, F1, precision, recall and confusion matrix at the stored threshold (predictions.csv,
     summary.json). Lesion bundles are also scored as detectors: per-nodule sensitivity, false positives
-    per scan, FROC and the LUNA16 score (detection.csv, candidates.csv, froc.csv, froc.png). Cases are
+    per scan, FROC and the LUNA16 score (detection.csv, candidates.csv, froc.csv, froc.png), and each
+    reader-marked nodule next to the lesion found there (lesions_vs_readers.csv). Cases are
     named by their manifest case_id or a hash of their path (--show-paths adds it).
     """
     if robustness:
@@ -74,7 +79,7 @@ def evaluate(
     run_evaluate(
         bundle, manifest=manifest, split=split, output=output, device=device, weights=weights,
         nsd_tolerance_mm=nsd_tolerance, show_paths=show_paths, min_readers=min_readers, choose_fp_per_scan=choose_fp,
-        echo=click.echo,
+        classifier=classifier, echo=click.echo,
     )  # fmt: skip
 
 

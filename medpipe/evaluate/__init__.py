@@ -36,6 +36,7 @@ def evaluate(
     show_paths: bool = False,
     min_readers: int = 2,
     choose_fp_per_scan: float | None = None,
+    classifier: str | Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score ``bundle`` (its shipped weights, or ``weights``) on ``split``; returns summary.json."""
@@ -44,5 +45,5 @@ def evaluate(
         return evaluate_classifier(model, split=split, output=output, show_paths=show_paths, echo=echo)
     return evaluate_segmentation(
         model, split=split, output=output, nsd_tolerance_mm=nsd_tolerance_mm, show_paths=show_paths,
-        min_readers=min_readers, choose_fp_per_scan=choose_fp_per_scan, echo=echo,
+        min_readers=min_readers, choose_fp_per_scan=choose_fp_per_scan, classifier=classifier, echo=echo,
     )  # fmt: skip

@@ -86,6 +86,13 @@ def _near(
     return False
 
 
+def target_map(truth: np.ndarray, record: Mapping[str, Any] | None) -> np.ndarray:
+    """The map of target numbers: the record's instance map as it is, or the label's connected components."""
+    if record is None:
+        return ndimage.label(np.asarray(truth) > 0, structure=STRUCTURE)[0]
+    return np.asarray(truth)
+
+
 def match_case(
     case: str,
     mask: np.ndarray,
@@ -102,9 +109,9 @@ def match_case(
     ``truth`` is the record's instance map (nodule ``n`` where its consensus is) or, without a record,
     the label, whose connected components become the targets.
     """
+    truth = target_map(truth, record)
     if record is None:
-        truth, n = ndimage.label(np.asarray(truth) > 0, structure=STRUCTURE)
-        readers = {i: None for i in range(1, n + 1)}
+        readers = {i: None for i in range(1, int(truth.max()) + 1)}
         points: list[list[float]] = []
     else:
         readers = {int(r["nodule"]): int(r["n_readers"]) for r in record.get("nodules", [])}

@@ -45,6 +45,8 @@ from medpipe.evaluate.detection import (
     write_report,
 )
 from medpipe.evaluate.metrics import summarise
+from medpipe.evaluate.readers import READER_FIELDS, reader_rows
+from medpipe.infer.classifier import CropClassifier
 from medpipe.infer.lesions import mask_of, measure_lesions
 from medpipe.privacy import case_id, shown_path
 from medpipe.tables import write_csv
@@ -90,6 +92,7 @@ def evaluate_segmentation(
     show_paths: bool = False,
     min_readers: int = 2,
     choose_fp_per_scan: float | None = None,
+    classifier: str | Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score segmentation ``model`` on ``split``; see the module docstring. Returns summary.json.
@@ -100,14 +103,21 @@ def evaluate_segmentation(
     (a training run's, never the shipped ones: ``medpipe promote`` ships it).
     """
     detect = model.finds_lesions
-    if choose_fp_per_scan is not None and (not detect or model.weights.shipped):
+    lesion_options = [o for o, v in (("--choose-operating-point", choose_fp_per_scan), ("--classifier", classifier))
+                      if v is not None]  # fmt: skip
+    if lesion_options and not detect:
+        raise Code.BUNDLE_NOT_LESION(
+            f"{' and '.join(lesion_options)}: bundle {model.layout.root.name} does not segment lesions "
+            "(it has no operating point and no lesions to classify)"
+        )
+    if choose_fp_per_scan is not None and model.weights.shipped:
         raise Code.BUNDLE_NOT_A_RUN(
             "an operating point is chosen for a lesion bundle's training run (--weights RUN_DIR) and shipped "
             "with medpipe promote; these are the bundle's shipped weights"
-            if detect
-            else f"bundle {model.layout.root.name} does not segment lesions: it has no operating point"
         )
+    clf = CropClassifier.open(classifier, model.device) if classifier is not None else None
     threshold = read_operating_point(model.weights.path) if detect else 0.0
+    beside_readers: list[dict[str, Any]] = []
     candidates: list[Candidate] = []
     targets: list[Target] = []
     man = load_manifest(model.get("manifest"))
@@ -133,9 +143,12 @@ def evaluate_segmentation(
                                      min_readers=min_readers)  # fmt: skip
             candidates += found
             targets += kept
+            lesions = measure_lesions(pred, image.affine_lps, names=model.class_names, scores=scores)
+            reported = at_operating_point(lesions, threshold)[0]
+            beside_readers += reader_rows(case, kept, reported, truth.reshape(pred.shape), image, record, threshold,
+                                          clf)  # fmt: skip
             if threshold > 0:  # scored as infer ships it: the lesions at the operating point only
-                lesions = measure_lesions(pred, image.affine_lps, names=model.class_names, scores=scores)
-                pred = mask_of(at_operating_point(lesions, threshold)[0], pred.shape)
+                pred = mask_of(reported, pred.shape)
         if pred.shape != label.shape[:3]:
             raise Code.BUNDLE_GRID_MISMATCH(
                 f"{case}: the prediction is {pred.shape}, the label {label.shape}"
@@ -176,6 +189,7 @@ def evaluate_segmentation(
         write_report(
             out_dir, candidates, targets, summary["detection"], f"{model.layout.root.name} on {split}"
         )
+        write_csv(out_dir / "lesions_vs_readers.csv", beside_readers, READER_FIELDS)
     write_csv(out_dir / "metrics.csv", rows, ["case", *columns] + (["image"] if show_paths else []))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     _print_table(summary, names, nsd_tolerance_mm, echo)

@@ -23,7 +23,7 @@ from medpipe.evaluate.detection import (
     write_operating_point,
 )
 from medpipe.infer.lesions import measure_lesions
-from tests.conftest import BUNDLE
+from tests.conftest import BUNDLE, REPO
 
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
 
@@ -104,3 +104,28 @@ def test_evaluate_scores_the_lung_bundle_as_a_detector_and_chooses_an_operating_
     chosen = json.loads((run / "operating_point.json").read_text())
     assert chosen["criterion"] == "fp_per_scan<=0" and again["detection"]["chosen"]["fp_per_scan"] == 0
     assert math.isfinite(chosen["score_threshold"])
+
+
+def test_each_target_sits_beside_the_lesion_found_there_with_the_classifier_probability(tiny_dataset, tmp_path):
+    import csv
+
+    malignancy = REPO / "bundles" / "lung_nodule_malignancy_ct"
+    summary = evaluate(BUNDLE, manifest=tiny_dataset, split="test", output=tmp_path / "e", classifier=malignancy,
+                       echo=lambda _: None)  # fmt: skip
+    with open(tmp_path / "e" / "lesions_vs_readers.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "e" / "detection.csv") as f:
+        detection = {(r["case"], r["nodule"]): r for r in csv.DictReader(f)}
+    assert len(rows) == summary["detection"]["operating_point"]["targets"] == len(detection)
+    found = [r for r in rows if r["found"] == "True"]
+    assert found, "the shipped weights find phantom nodules"
+    for r in rows:
+        assert r["found"] == detection[(r["case"], r["nodule"])]["found"]
+        assert float(r["consensus_volume_mm3"]) > 0 and float(r["consensus_diameter_mm"]) > 0
+    for r in found:
+        assert 0 <= float(r["classifier_probability"]) <= 1 and float(r["score"]) > 0 and float(r["dice"]) > 0
+        assert float(r["volume_mm3"]) > 0 and float(r["diameter_mm"]) > 0
+    with pytest.raises(BundleError) as e:  # a bundle that finds no lesions has none to classify
+        evaluate(REPO / "bundles" / "hippocampus_mri", manifest=tiny_dataset, output=tmp_path / "h",
+                 classifier=malignancy, echo=lambda _: None)  # fmt: skip
+    assert e.value.code == "BUNDLE_NOT_LESION"
