@@ -100,11 +100,12 @@ def manifest_medmnist(npz: str, output: str, num_classes: int | None, nifti_dir:
               help="Consensus: share of a nodule's readers that must mark a voxel.")  # fmt: skip
 @click.option("--min-readers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Nodules marked by fewer readers stay out of the training label (they stay in the records).")  # fmt: skip
+@click.option("--hold-out", multiple=True, metavar="PATIENT", help="A patient that goes to test whatever the draw.")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def manifest_lidc(
     root: str, output: str, val_fraction: float, data_dir: str | None, agreement: float, min_readers: int,
-    test_fraction: float, seed: int,
+    hold_out: tuple[str, ...], test_fraction: float, seed: int,
 ) -> None:  # fmt: skip
     """From LIDC-IDRI in TCIA's layout (<patient>/<study>/<series>/ with the reader XML): images,
     consensus masks, nodule records and a datalist split by patient (nodules.csv beside it)."""
@@ -112,7 +113,7 @@ def manifest_lidc(
 
     content = lidc_manifest(
         root, output, data_dir=data_dir, agreement=agreement, min_readers=min_readers,
-        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, echo=click.echo,
+        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, hold_out=hold_out, echo=click.echo,
     )  # fmt: skip
     _report(content, output)
     if content["failures"]:  # some series refused (listed in the manifest): a partial result

@@ -271,7 +271,7 @@ def crops_manifest(
         hold_out=tuple(hold_out),
     )  # fmt: skip
     content: dict[str, Any] = {
-        "name": images_dir.name,
+        "name": images_dir.parent.name if images_dir.name.lower() in ("image", "images") else images_dir.name,
         "labels": {str(i): c for i, c in enumerate(classes)},
         "num_classes": len(classes),
         "task": "classification",

@@ -123,6 +123,7 @@ def lidc_manifest(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
+    hold_out: tuple[str, ...] = (),
     echo: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Write the data, the datalist ``output`` and ``nodules.csv`` beside it; returns the datalist."""
@@ -153,14 +154,15 @@ def lidc_manifest(
             f"no usable LIDC series under {root}: " + "; ".join(f["code"] for f in failures)
         )
     split_of = patient_splits([c["entry"]["patient"] for c in cases], val_fraction=val_fraction,
-                              test_fraction=test_fraction, seed=seed)  # fmt: skip
+                              test_fraction=test_fraction, seed=seed, hold_out=tuple(hold_out))  # fmt: skip
     content: dict[str, Any] = {
         "name": "LIDC-IDRI",
         "description": f"LIDC-IDRI chest CT with reader consensus masks (agreement {agreement:g}, nodules of "
         f">= {min_readers} reader(s)); splits by patient",
         "labels": {"0": "background", "1": "nodule"},
         "modality": "CT",
-        "split_rule": f"by patient, seeded ({seed}): test {test_fraction:.0%}, validation {val_fraction:.0%} of the rest",
+        "split_rule": f"by patient, seeded ({seed}): test {test_fraction:.0%}, validation {val_fraction:.0%} of the rest"
+        + (f"; held out for test: {', '.join(hold_out)}" if hold_out else ""),
         "failures": failures,
     }
     for split in ("training", "validation", "test"):

@@ -175,3 +175,5 @@ def test_a_reader_file_for_another_series_is_reported_and_the_run_goes_on(tmp_pa
     content = lidc_manifest(tmp_path / "tcia", tmp_path / "m.json", test_fraction=0)
     assert [f["code"] for f in content["failures"]] == ["LIDC_SERIES_MISMATCH"]
     assert len(content["training"]) == 1
+    held = lidc_manifest(tmp_path / "tcia", tmp_path / "h.json", test_fraction=0, hold_out=("LIDC-IDRI-0003",))
+    assert [e["patient"] for e in held["test"]] == ["LIDC-IDRI-0003"] and not held["training"]

@@ -108,11 +108,10 @@ def test_bundle_configs_resolve_their_default_manifest_with_plain_monai(tmp_path
         "    p.read_config([f'{bundle}/configs/common.json', f'{bundle}/configs/{workflow}.json'])\n"
         "    print(p.get_parsed_content('manifest'))\n"
     )
-    bundles = [str(REPO / "bundles" / b) for b in ("lung_nodule_ct", "lung_nodule_malignancy_ct")]
+    bundles = [str(REPO / "bundles" / "lung_nodule_ct")]  # (lung_nodule_malignancy_ct: the real VOIs since 0.2.0)
     env = {**os.environ, "MEDPIPE_DATA": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code, *bundles], capture_output=True, text=True, env=env,
                          cwd=tmp_path, check=True)
-    expected = [tmp_path / f"{name}-v1" / MANIFEST_NAME for name in ("lung_nodule_ct_demo",) * 2
-                + ("lung_nodule_malignancy_ct_demo",) * 2]
+    expected = [tmp_path / f"{name}-v1" / MANIFEST_NAME for name in ("lung_nodule_ct_demo",) * 2]
     assert [Path(line) for line in out.stdout.split()] == expected
     assert all(p.is_file() for p in expected)
