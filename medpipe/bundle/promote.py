@@ -113,5 +113,21 @@ def promote(
                 shutil.copyfile(folder / name, tmp)
         else:
             (models / name).unlink(missing_ok=True)
+    _portable_run_record(models / COPIED[RUN_FILE], layout.root.parent.parent)
     atomic_write_text(layout.metadata, json.dumps(meta, indent=4, ensure_ascii=False) + "\n")
     return {"version": new, "previous": previous, "model_sha256": file_sha256(models / WEIGHTS_FILE)}
+
+
+def _portable_run_record(path: Path, project: Path) -> None:
+    """The shipped copy of run.json names no folder of the machine that trained: its manifest becomes a
+    path relative to the project holding the bundle (``bundles/<name>/../..``), or just a file name."""
+    if not path.is_file():
+        return
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("manifest"):
+        manifest = Path(str(record["manifest"]))
+        try:
+            record["manifest"] = manifest.resolve().relative_to(project.resolve()).as_posix()
+        except (ValueError, OSError):
+            record["manifest"] = manifest.name
+        atomic_write_text(path, json.dumps(record, indent=1) + "\n")

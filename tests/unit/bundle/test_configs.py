@@ -55,7 +55,7 @@ def test_every_medpipe_reference_resolves(config: Path) -> None:
 
 #: Bundles trained on real data that cannot be embedded: their default manifest is the repository's
 #: (data_manifests/<bundle>.json); a copy elsewhere trains with --manifest.
-REAL_DATA = {"hippocampus_mri", "vessel_aneurysm_mra"}
+REAL_DATA = {"hippocampus_mri", "vessel_aneurysm_mra", "lung_nodule_malignancy_ct"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")

@@ -30,7 +30,8 @@ def fake_run(folder: Path, bundle: Path, *, threshold: bool = False) -> Path:
     state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, folder / "model.pt")
     (folder / "training_metrics.json").write_text(json.dumps({"best_metric": 0.5, "best_epoch": 3}))
-    record = {"bundle_folder": bundle.name, "key_metric": "val_mean_dice", "best_metric": 0.5, "best_epoch": 3}
+    record = {"bundle_folder": bundle.name, "key_metric": "val_mean_dice", "best_metric": 0.5, "best_epoch": 3,
+              "manifest": str(bundle.parents[2] / "elsewhere" / "m.json")}  # fmt: skip
     (folder / "run.json").write_text(json.dumps(record))
     if threshold:
         (folder / "threshold.json").write_text(json.dumps({"threshold": 0.3}))
@@ -59,7 +60,9 @@ def test_promote_ships_the_run_and_records_it(bundle: Path, tmp_path: Path) -> N
         k: v for k, v in old.items() if k not in ("version", "changelog")
     }
     assert (bundle / "models" / "model.pt").read_bytes() == (run / "model.pt").read_bytes()
-    assert json.loads((bundle / "models" / "training_run.json").read_text())["bundle_folder"] == bundle.name
+    shipped_run = json.loads((bundle / "models" / "training_run.json").read_text())
+    assert shipped_run["bundle_folder"] == bundle.name
+    assert shipped_run["manifest"] == "m.json"  # no folder of the training machine in a shipped file
     assert not (bundle / "models" / "threshold.json").exists()  # a threshold of other weights would mislead
 
 
