@@ -125,9 +125,14 @@ def _portable_run_record(path: Path, project: Path) -> None:
         return
     record = json.loads(path.read_text(encoding="utf-8"))
     if record.get("manifest"):
-        manifest = Path(str(record["manifest"]))
+        original = str(record["manifest"])
+        manifest = Path(original)
         try:
             record["manifest"] = manifest.resolve().relative_to(project.resolve()).as_posix()
         except (ValueError, OSError):
             record["manifest"] = manifest.name
+        overrides = record.get("overrides") or {}
+        for key, value in overrides.items():  # the same path given as an override on the command line
+            if value == original:
+                overrides[key] = record["manifest"]
         atomic_write_text(path, json.dumps(record, indent=1) + "\n")

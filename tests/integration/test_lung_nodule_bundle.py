@@ -73,7 +73,15 @@ def test_training_writes_a_run_folder_and_promote_ships_it(trained: Path) -> Non
     old = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
     major, minor, _ = (int(v) for v in old.split("."))
     assert meta["version"] == f"{major}.{minor + 1}.0" and "run" in meta["changelog"][meta["version"]]
-    assert json.loads((trained / "models" / "training_run.json").read_text()) == info
+    shipped = json.loads((trained / "models" / "training_run.json").read_text())
+    portable = {k: v for k, v in shipped.items() if k not in ("manifest", "overrides")}
+    assert portable == {k: v for k, v in info.items() if k not in ("manifest", "overrides")}
+    # no folder of the training machine in a shipped file, neither as the record's manifest nor as an override
+    assert shipped["manifest"] == shipped["overrides"]["manifest"] and not Path(shipped["manifest"]).is_absolute()
+    assert shipped["manifest"].endswith(Path(info["manifest"]).name)
+    assert {k: v for k, v in shipped["overrides"].items() if k != "manifest"} == {
+        k: v for k, v in info["overrides"].items() if k != "manifest"
+    }
 
 
 def test_inference_from_another_directory_keeps_shape_and_affine(

@@ -47,14 +47,14 @@ def test_tuned_malloc_reuses_freed_tensor_memory():
     # keeps them (0 here). Page-fault counts depend on what else the machine does (other processes
     # competing for memory have been seen to hide the default's faults), so the pair is measured up to
     # three times and one clean pair must show the effect.
+    # A busy machine also faults the tuned child a little (2,745 against 24,665 once, beside a full test run).
     pairs = []
     for _ in range(3):
         default, tuned = faults("default"), faults("tuned")
         pairs.append((default, tuned))
-        if default > 5_000:
+        if default > 5_000 and tuned < default / 10:
             break
-    assert default > 5_000, pairs
-    assert tuned < default / 10, pairs
+    assert any(d > 5_000 and t < d / 10 for d, t in pairs), pairs
 
 
 def test_tune_malloc_is_harmless_where_not_glibc(monkeypatch):
