@@ -224,6 +224,9 @@ class Code(str, Enum):
     LIDC_SERIES_MISMATCH = (
         "LIDC_SERIES_MISMATCH", ManifestError, "an LIDC XML file names another series than the images beside it"
     )
+    PASTE_RECIPE_INVALID = (
+        "PASTE_RECIPE_INVALID", ManifestError, "manifest paste: a recipe's host, slab, split or in-place lesion is not usable"
+    )
     # --- synthetic data
     DATA_GENERATION_FAILED = (
         "DATA_GENERATION_FAILED", DataGenerationError, "synthetic data could not be written (disk full, permissions)"

@@ -73,11 +73,18 @@ def lung_mask(
         pad = np.floor(np.maximum(radius, 0.5)).astype(int)
         padded = np.pad(lungs, [(w, w) for w in pad])
         closed = ndimage.binary_closing(padded, structure=_ball(radius))
-        lungs = closed[pad[0] : pad[0] + lungs.shape[0], pad[1] : pad[1] + lungs.shape[1], pad[2] : pad[2] + lungs.shape[2]]
+        lungs = closed[
+            pad[0] : pad[0] + lungs.shape[0],
+            pad[1] : pad[1] + lungs.shape[1],
+            pad[2] : pad[2] + lungs.shape[2],
+        ]
     # one coarse cell more all round, so that going back to the full grid loses no lung at the edges
     lungs = ndimage.binary_dilation(lungs)
     # back to the full grid: each voxel takes its coarse cell
-    idx = [np.minimum(np.arange(n_full) // s, n_coarse - 1) for n_full, s, n_coarse in zip(array_hu.shape, step, lungs.shape, strict=True)]
+    idx = [
+        np.minimum(np.arange(n_full) // s, n_coarse - 1)
+        for n_full, s, n_coarse in zip(array_hu.shape, step, lungs.shape, strict=True)
+    ]
     return lungs[np.ix_(*idx)]
 
 
@@ -115,4 +122,59 @@ class RestrictToLungsd(MapTransform):
             region = outside.to(pred.device)
             pred[1:, region] = 0  # in place: a MetaTensor keeps the record Invertd needs
             pred[0, region] = 1
+        return d
+
+
+class LesionSamplingd(MapTransform):
+    """Training: where ``RandCropByPosNegLabeld`` centres its patches (its ``fg_indices_key`` /
+    ``bg_indices_key``). Positive centres are one voxel per lesion (the labelled voxel nearest each
+    connected component's centroid), so a 4 mm nodule is as likely a patch centre as a 30 mm one (the
+    default draws voxels, so big lesions win); negative centres are voxels of the lung field outside the
+    label (every ``bg_stride``-th), so background patches show vessels, airways and fissures rather than
+    liver and muscle. Deterministic: it can run before the cached part of a dataset ends. With
+    ``enabled`` false it passes the data through.
+    """
+
+    def __init__(
+        self,
+        label_key: str = "label",
+        image_key: str = "image",
+        hu_window: Sequence[float] = (-1000.0, 400.0),
+        fg_key: str = "fg_centres",
+        bg_key: str = "bg_centres",
+        bg_stride: int = 7,
+        enabled: bool = True,
+        **field: float,
+    ) -> None:
+        super().__init__([label_key])
+        self.enabled = bool(enabled)
+        self.label_key, self.image_key, self.fg_key, self.bg_key = label_key, image_key, fg_key, bg_key
+        self.window = (float(hu_window[0]), float(hu_window[1]))
+        self.bg_stride = max(int(bg_stride), 1)
+        self.field = LungField(**field)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if not self.enabled:  # the crop then draws voxels itself (a config switch, lesion_sampling)
+            return d
+        image = d[self.image_key]
+        label = np.asarray(d[self.label_key][0].detach().cpu().numpy() if hasattr(d[self.label_key], "detach")
+                           else d[self.label_key][0]) > 0  # fmt: skip
+        lo, hi = self.window
+        hu = lo + np.asarray(image[0].detach().cpu().numpy(), dtype=np.float32) * (hi - lo)
+        affine = np.asarray(image.affine if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
+        spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+        parts, n = ndimage.label(label, structure=np.ones((3, 3, 3), dtype=bool))
+        centres = []
+        for index, box in enumerate(ndimage.find_objects(parts), start=1):
+            if box is None:
+                continue
+            voxels = np.argwhere(parts[box] == index) + [s.start for s in box]
+            nearest = voxels[np.argmin(((voxels - voxels.mean(0)) ** 2).sum(1))]
+            centres.append(np.ravel_multi_index(tuple(nearest), label.shape))
+        background = np.flatnonzero(self.field.mask(hu, spacing) & ~label)[:: self.bg_stride]  # type: ignore[arg-type]
+        if background.size == 0:  # no lung field (a crop, a phantom without air): the whole non-label volume
+            background = np.flatnonzero(~label)[:: self.bg_stride]
+        d[self.fg_key] = np.asarray(centres, dtype=np.int64)
+        d[self.bg_key] = background.astype(np.int64)
         return d

@@ -100,7 +100,9 @@ def manifest_medmnist(npz: str, output: str, num_classes: int | None, nifti_dir:
               help="Consensus: share of a nodule's readers that must mark a voxel.")  # fmt: skip
 @click.option("--min-readers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Nodules marked by fewer readers stay out of the training label (they stay in the records).")  # fmt: skip
-@click.option("--hold-out", multiple=True, metavar="PATIENT", help="A patient that goes to test whatever the draw.")
+@click.option(
+    "--hold-out", multiple=True, metavar="PATIENT", help="A patient that goes to test whatever the draw."
+)
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def manifest_lidc(
@@ -129,10 +131,16 @@ def manifest_lidc(
 @click.option("--name-format", default="{patient_id}_R_{nodule_id}", show_default=True,
               help="A crop's file name (without .nii.gz) from the row's columns.")  # fmt: skip
 @click.option("--label-column", default="Diagnosis", show_default=True)
-@click.option("--classes", help="Label values in class order, comma-separated (default: sorted), e.g. Benign,Malign.")
+@click.option(
+    "--classes", help="Label values in class order, comma-separated (default: sorted), e.g. Benign,Malign."
+)
 @click.option("--patient-column", default="patient_id", show_default=True, help="Splits are by this column.")
-@click.option("--keep", "keep_columns", multiple=True, metavar="COLUMN", help="Copy a column into the entries.")
-@click.option("--hold-out", multiple=True, metavar="PATIENT", help="A patient that goes to test whatever the draw.")
+@click.option(
+    "--keep", "keep_columns", multiple=True, metavar="COLUMN", help="Copy a column into the entries."
+)
+@click.option(
+    "--hold-out", multiple=True, metavar="PATIENT", help="A patient that goes to test whatever the draw."
+)
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def manifest_crops(
@@ -151,4 +159,24 @@ def manifest_crops(
     )  # fmt: skip
     _report(content, output)
     if content["skipped"]:
-        click.echo(f"{len(content['skipped'])} row(s) name no crop and were left out: {', '.join(content['skipped'][:5])}")
+        click.echo(
+            f"{len(content['skipped'])} row(s) name no crop and were left out: {', '.join(content['skipped'][:5])}"
+        )
+
+
+@manifest.command("paste")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder for image/, label/ and manifest.json.")  # fmt: skip
+def paste(recipe: str, output: str) -> None:
+    """Paste real nodule crops into the lung fields of real chest CTs (a segmenter's training data).
+
+    RECIPE names the hosts (chest CTs, a slab of slices and a split each), the crops manifest (its
+    training / validation patients feed those splits, its test patients none) and the grid; see
+    data_manifests/lung_nodule_ct_pasted.recipe.json and medpipe.data.paste.
+    """
+    from medpipe.data.paste import build_pasted
+
+    content = build_pasted(recipe, output, echo=click.echo)
+    counts = {s: len(content[s]) for s in ("training", "validation")}
+    click.echo(f"wrote {output}/manifest.json: {counts}, crops used {content['crops_used']}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from medpipe.lungs import LungField, RestrictToLungsd, lung_mask
+from medpipe.lungs import LesionSamplingd, LungField, RestrictToLungsd, lung_mask
 from tests.conftest import SHARED_DATA
 
 SPACING = (1.5, 1.5, 2.5)
@@ -48,7 +48,9 @@ def test_restriction_zeroes_foreground_outside_the_lungs_and_keeps_the_metadata(
     window = (-1000.0, 400.0)
     image = MetaTensor(torch.as_tensor(np.clip((ct - window[0]) / (window[1] - window[0]), 0, 1))[None],
                        affine=torch.diag(torch.tensor([*SPACING, 1.0], dtype=torch.float64)))  # fmt: skip
-    pred = MetaTensor(torch.stack([torch.full(ct.shape, 0.2), torch.full(ct.shape, 0.8)]), affine=image.affine)
+    pred = MetaTensor(
+        torch.stack([torch.full(ct.shape, 0.2), torch.full(ct.shape, 0.8)]), affine=image.affine
+    )
     out = RestrictToLungsd(keys="pred", hu_window=window)({"image": image, "pred": pred})
     fg = out["pred"][1]
     assert fg[points["nodule"]] == pytest.approx(0.8) and fg[points["lung"]] == pytest.approx(0.8)
@@ -73,3 +75,31 @@ def test_real_lidc_scan_lung_field_holds_every_nodule():
         nodule = np.asarray(nib.load(masks / f"LIDC-IDRI-0003_R_{n}.nii.gz").dataobj) > 0
         assert mask[nodule].mean() == 1.0, n
     assert not mask[:, -40:, :].any()  # the table, at the posterior end of the field of view
+
+
+def test_lesion_sampling_centres_each_lesion_equally_and_negatives_in_the_lungs():
+    """Patch centres: one per lesion (a 2-voxel speck as likely as a big nodule), negatives in the lung field."""
+    from monai.transforms import RandCropByPosNegLabeld
+
+    ct, _ = chest()
+    label = np.zeros(ct.shape, dtype=np.uint8)
+    label[25:45, 35:55, 15:25] = 1  # a big lesion in the left lung: 4,000 voxels
+    label[85:87, 45, 20] = 1  # a 2-voxel speck in the right one
+    window = (-1000.0, 400.0)
+    image = MetaTensor(torch.as_tensor(np.clip((ct - window[0]) / (window[1] - window[0]), 0, 1))[None],
+                       affine=torch.diag(torch.tensor([*SPACING, 1.0])))  # fmt: skip
+    data = LesionSamplingd(hu_window=window, bg_stride=3)(
+        {"image": image, "label": MetaTensor(torch.as_tensor(label)[None])}
+    )
+    fg, bg = data["fg_centres"], data["bg_centres"]
+    assert len(fg) == 2 and label.ravel()[fg].all()
+    field = lung_mask(ct, SPACING)
+    assert field.ravel()[bg].all() and not label.ravel()[bg].any() and len(bg) > 0
+    assert not ((ct.ravel()[bg] > -500) & ~field.ravel()[bg]).any()  # no body, table or outside air
+    crop = RandCropByPosNegLabeld(["image", "label"], "label", (8, 8, 4), pos=1, neg=0, num_samples=1,
+                                  fg_indices_key="fg_centres", bg_indices_key="bg_centres")  # fmt: skip
+    crop.set_random_state(0)
+    speck = sum(float(crop(data)[0]["label"].sum()) < 10 for _ in range(200))
+    assert 60 < speck < 140  # about half the positive patches are on the speck (voxel sampling: 1 in 2,000)
+    passed = LesionSamplingd(enabled=False)({"image": image, "label": data["label"]})
+    assert "fg_centres" not in passed
