@@ -113,17 +113,19 @@ def promote(
                 shutil.copyfile(folder / name, tmp)
         else:
             (models / name).unlink(missing_ok=True)
-    _portable_run_record(models / COPIED[RUN_FILE], layout.root.parent.parent)
+    _portable_run_record(models / COPIED[RUN_FILE], layout.root.parent.parent, folder)
     atomic_write_text(layout.metadata, json.dumps(meta, indent=4, ensure_ascii=False) + "\n")
     return {"version": new, "previous": previous, "model_sha256": file_sha256(models / WEIGHTS_FILE)}
 
 
-def _portable_run_record(path: Path, project: Path) -> None:
+def _portable_run_record(path: Path, project: Path, run: Path) -> None:
     """The shipped copy of run.json names no folder of the machine that trained: its manifest becomes a
-    path relative to the project holding the bundle (``bundles/<name>/../..``), or just a file name."""
+    path relative to the project holding the bundle (``bundles/<name>/../..``), or just a file name, in
+    the record, its overrides and its command line; the run folder in the command becomes its name."""
     if not path.is_file():
         return
     record = json.loads(path.read_text(encoding="utf-8"))
+    command = str(record.get("command") or "")
     if record.get("manifest"):
         original = str(record["manifest"])
         manifest = Path(original)
@@ -135,4 +137,9 @@ def _portable_run_record(path: Path, project: Path) -> None:
         for key, value in overrides.items():  # the same path given as an override on the command line
             if value == original:
                 overrides[key] = record["manifest"]
-        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        command = command.replace(original, record["manifest"])
+    for folder in {str(run), str(run.resolve())}:
+        command = command.replace(folder, run.name)
+    if command:
+        record["command"] = command
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")

@@ -187,8 +187,8 @@ def choose_operating_point(curve: Sequence[tuple[float, float, float]], max_fp_p
     """The threshold of highest sensitivity at or below ``max_fp_per_scan`` false positives per scan; of
     equally sensitive thresholds, the highest (no false positive is bought for nothing)."""
     allowed = [(s, t) for t, s, f in curve if f <= max_fp_per_scan and np.isfinite(t)]
-    if not allowed:
-        return 1.0
+    if not allowed:  # even the top score is a false positive too many: report nothing, just above it
+        return float(np.nextafter(max((t for t, _, _ in curve if np.isfinite(t)), default=1.0), np.inf))
     best = max(s for s, _ in allowed)
     return float(max(t for s, t in allowed if s == best))
 

@@ -31,7 +31,8 @@ def fake_run(folder: Path, bundle: Path, *, threshold: bool = False) -> Path:
     torch.save(state, folder / "model.pt")
     (folder / "training_metrics.json").write_text(json.dumps({"best_metric": 0.5, "best_epoch": 3}))
     record = {"bundle_folder": bundle.name, "key_metric": "val_mean_dice", "best_metric": 0.5, "best_epoch": 3,
-              "manifest": str(bundle.parents[2] / "elsewhere" / "m.json")}  # fmt: skip
+              "manifest": str(bundle.parents[2] / "elsewhere" / "m.json"),
+              "command": f"medpipe train --bundle b --manifest {bundle.parents[2] / 'elsewhere' / 'm.json'} --output {folder}"}  # fmt: skip
     (folder / "run.json").write_text(json.dumps(record))
     if threshold:
         (folder / "threshold.json").write_text(json.dumps({"threshold": 0.3}))
@@ -63,6 +64,7 @@ def test_promote_ships_the_run_and_records_it(bundle: Path, tmp_path: Path) -> N
     shipped_run = json.loads((bundle / "models" / "training_run.json").read_text())
     assert shipped_run["bundle_folder"] == bundle.name
     assert shipped_run["manifest"] == "m.json"  # no folder of the training machine in a shipped file
+    assert shipped_run["command"] == "medpipe train --bundle b --manifest m.json --output r1"
     assert not (bundle / "models" / "threshold.json").exists()  # a threshold of other weights would mislead
 
 

@@ -73,6 +73,10 @@ def test_froc_and_the_luna16_score_on_a_known_ranking():
     assert choose_operating_point(result["curve"], 1.0) == pytest.approx(0.8)  # the lowest with <= 1 FP/scan
     op = summary_at(candidates, targets, 2, 0.8)
     assert (op["found"], op["false_positives"], op["fp_per_scan"]) == (2, 1, 0.5)
+    # a false positive above every target: no threshold allows 0 FPs but one above the top score
+    top = [Candidate("a", 1.0, 5, "fp")]
+    none = choose_operating_point(froc(top, targets, n_cases=2)["curve"], 0.0)
+    assert none > 1.0 and summary_at(top, targets, 2, none)["false_positives"] == 0
 
 
 def test_lesions_below_the_operating_point_become_candidates(tmp_path):
