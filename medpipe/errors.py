@@ -225,7 +225,7 @@ class Code(str, Enum):
         "LIDC_SERIES_MISMATCH", ManifestError, "an LIDC XML file names another series than the images beside it"
     )
     PASTE_RECIPE_INVALID = (
-        "PASTE_RECIPE_INVALID", ManifestError, "manifest paste: a recipe's host, slab, split or in-place lesion is not usable"
+        "PASTE_RECIPE_INVALID", ManifestError, "manifest paste: a recipe's slab lies outside its host or overlaps another, or its split is unknown"
     )
     # --- synthetic data
     DATA_GENERATION_FAILED = (

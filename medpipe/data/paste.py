@@ -173,6 +173,7 @@ def build_pasted(
         "description": recipe.get("description", ""), "recipe": recipe_path.name, "dataset_dir": ".",
         "spacing": grid.tolist(), "training": [], "validation": [], "pasted": {},
     }  # fmt: skip
+    taken: dict[str, list[tuple[int, int, str]]] = {}
     for h in recipe["hosts"]:
         split = h["split"]
         if split not in SPLITS:
@@ -183,6 +184,12 @@ def build_pasted(
             raise Code.PASTE_RECIPE_INVALID(
                 f"host {h['name']}: slices [{first}, {stop}) outside its {source.array.shape[2]} slices"
             )
+        for lo, hi, other in taken.get(str(h["path"]), []):
+            if first < hi and lo < stop:
+                raise Code.PASTE_RECIPE_INVALID(
+                    f"host {h['name']}: slices [{first}, {stop}) overlap those of {other} [{lo}, {hi})"
+                )
+        taken.setdefault(str(h["path"]), []).append((first, stop, h["name"]))
         spacing = np.asarray(source.spacing, dtype=np.float64)
         slab = source.array[:, :, first:stop].astype(np.float32)
         base = to_grid(slab, spacing, grid, order=1)

@@ -134,6 +134,11 @@ def test_bad_recipes_are_coded_errors(recipe: Path, tmp_path: Path):
     with pytest.raises(ManifestError) as err:
         build_pasted(recipe, tmp_path / "o", echo=lambda _: None)
     assert err.value.code == "PASTE_RECIPE_INVALID"
+    content["hosts"][0]["slices"] = [0, 21]  # one slice of the validation slab: its background would leak
+    recipe.write_text(json.dumps(content))
+    with pytest.raises(ManifestError) as err:
+        build_pasted(recipe, tmp_path / "o1", echo=lambda _: None)
+    assert err.value.code == "PASTE_RECIPE_INVALID" and "overlap" in str(err.value)
     content["hosts"][0]["slices"] = [0, 20]
     content["hosts"][0]["split"] = "test"
     recipe.write_text(json.dumps(content))
