@@ -88,6 +88,15 @@ def lung_mask(
     return lungs[np.ix_(*idx)]
 
 
+def windowed_hu(image: Any, window: tuple[float, float]) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """HU and voxel spacing of a preprocessed (1, X, Y, Z) image scaled from ``window`` to [0, 1]."""
+    lo, hi = window
+    hu = lo + np.asarray(image[0].detach().cpu().numpy(), dtype=np.float32) * (hi - lo)
+    affine = np.asarray(image.affine if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    return hu, spacing  # type: ignore[return-value]
+
+
 class RestrictToLungsd(MapTransform):
     """Post-processing (before ``Invertd``): foreground probabilities outside the lung field become 0.
 
@@ -111,11 +120,7 @@ class RestrictToLungsd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        image = d[self.image_key]
-        lo, hi = self.window
-        hu = lo + np.asarray(image[0].detach().cpu().numpy(), dtype=np.float32) * (hi - lo)
-        affine = np.asarray(image.affine if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
-        spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+        hu, spacing = windowed_hu(d[self.image_key], self.window)
         outside = torch.as_tensor(~self.field.mask(hu, spacing))  # type: ignore[arg-type]
         for key in self.key_iterator(d):
             pred = d[key]
@@ -157,13 +162,9 @@ class LesionSamplingd(MapTransform):
         d = dict(data)
         if not self.enabled:  # the crop then draws voxels itself (a config switch, lesion_sampling)
             return d
-        image = d[self.image_key]
         label = np.asarray(d[self.label_key][0].detach().cpu().numpy() if hasattr(d[self.label_key], "detach")
                            else d[self.label_key][0]) > 0  # fmt: skip
-        lo, hi = self.window
-        hu = lo + np.asarray(image[0].detach().cpu().numpy(), dtype=np.float32) * (hi - lo)
-        affine = np.asarray(image.affine if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
-        spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+        hu, spacing = windowed_hu(d[self.image_key], self.window)
         parts, n = ndimage.label(label, structure=np.ones((3, 3, 3), dtype=bool))
         centres = []
         for index, box in enumerate(ndimage.find_objects(parts), start=1):

@@ -87,10 +87,6 @@ def alpha_map(mask: np.ndarray, spacing: np.ndarray, feather_mm: float) -> np.nd
     return np.minimum(alpha, np.clip(to_border / max(feather_mm, 1e-3), 0.0, 1.0)).astype(np.float32)
 
 
-def _load_crops(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in entries if e.get("mask")]
-
-
 def _read_crop(entry: Mapping[str, Any]) -> Crop:
     image = nib.load(entry["image"])
     mask = np.asarray(nib.load(entry["mask"]).dataobj) > 0
@@ -161,7 +157,7 @@ def build_pasted(
     feather = float(recipe.get("feather_mm", 3.0))
     rng = np.random.default_rng(int(recipe.get("seed", 0)))
     crops_manifest = load_manifest(recipe_path.parent / recipe["crops"])
-    pools = {s: _load_crops(crops_manifest.split(s, required_keys=("image", "mask"))) for s in SPLITS}
+    pools = {s: crops_manifest.split(s, required_keys=("image", "mask")) for s in SPLITS}
     for s in SPLITS:
         rng.shuffle(pools[s])
     cursor = dict.fromkeys(SPLITS, 0)

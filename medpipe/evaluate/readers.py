@@ -63,10 +63,7 @@ def reader_rows(
             row.update(lesion=best.lesion, score=round(best.score, 4), volume_mm3=round(best.volume_mm3, 2),
                        diameter_mm=round(best.diameter_mm, 2), dice=target.dice_at(threshold))  # fmt: skip
             if classifier is not None:
-                centre_ras = best.centroid_lps * np.array([-1.0, -1.0, 1.0])
-                row["classifier_probability"] = round(classifier.probability(
-                    image.array, image.affine_ras, centre_ras, pad, (best.bbox_min, best.bbox_max)
-                ), 4)  # fmt: skip
+                row["classifier_probability"] = round(classifier.lesion_probability(image, best, pad), 4)
         rows.append(row)
     return rows
 

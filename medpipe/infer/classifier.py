@@ -60,12 +60,13 @@ def crop_around(
     world = grid + np.asarray(centre_ras, dtype=np.float64)[:, None]
     to_voxel = np.linalg.inv(affine_ras)
     idx = to_voxel[:3, :3] @ world + to_voxel[:3, 3:4]
-    source = np.asarray(array)
+    source, mode = np.asarray(array), "constant"
     if region is not None:
-        inside = np.full(source.shape, pad, dtype=np.float32)
-        inside[region] = source[region]
-        source = inside
-    values = map_coordinates(source, idx, order=1, mode="constant", cval=pad, output=np.float32)
+        # sample the region's own voxels (no copy of the volume per lesion): "grid-constant" interpolates
+        # with `pad` beyond the region's edge, as if the voxels outside it held `pad`
+        source, mode = source[region], "grid-constant"
+        idx -= np.array([[r.start or 0] for r in region], dtype=np.float64)
+    values = map_coordinates(source, idx, order=1, mode=mode, cval=pad, output=np.float32)
     crop_affine = np.diag([*spacing, 1.0])
     crop_affine[:3, 3] = np.asarray(centre_ras) - (shape - 1) / 2.0 * spacing
     t = torch.as_tensor(values.reshape(1, *shape).astype(np.float32))
@@ -146,6 +147,13 @@ class CropClassifier:
     @property
     def positive(self) -> str:
         return self.model.class_names.get(1, "positive")
+
+    def lesion_probability(self, image: Any, lesion: Any, pad: float) -> float:
+        """:meth:`probability` for a :class:`~medpipe.infer.lesions.Lesion` found in ``image`` (a
+        :class:`~medpipe.data.images.Image`): centred on its centroid, boxed by its bounding box."""
+        centre_ras = np.asarray(lesion.centroid_lps) * np.array([-1.0, -1.0, 1.0])
+        box = (lesion.bbox_min, lesion.bbox_max)
+        return self.probability(image.array, image.affine_ras, centre_ras, pad, box)
 
     def probability(
         self,

@@ -81,9 +81,7 @@ def process_series(
     for lesion in found:
         row: dict[str, Any] = {"series": sid, **lesion.row(), "intensity_unit": unit}
         if clf is not None:
-            centre_ras = lesion.centroid_lps * np.array([-1.0, -1.0, 1.0])
-            box = (lesion.bbox_min, lesion.bbox_max)
-            row["classifier_probability"] = clf.probability(image.array, image.affine_ras, centre_ras, pad, box)
+            row["classifier_probability"] = clf.lesion_probability(image, lesion, pad)
         rows.append(row)
     result["lesions"] = len(rows)
     result["lesion_volume_mm3"] = float(sum(r["volume_mm3"] for r in rows))
