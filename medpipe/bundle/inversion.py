@@ -28,6 +28,7 @@ from monai.data import MetaTensor
 from monai.transforms import Activationsd, AsDiscreted, Invertd, Spacingd
 
 from medpipe.lungs import RestrictToLungsd
+from medpipe.operating_point import KeepLesionsd
 
 #: voxel-wise steps that may come before ``Invertd`` besides MONAI's (they read the preprocessed image)
 VOXELWISE = (RestrictToLungsd,)
@@ -37,8 +38,15 @@ SLAB_VOXELS = 4_000_000
 
 
 def lean_split(post: Sequence[Any]) -> tuple[list[Any], list[Any]] | None:
-    """(before, after) the one ``Invertd`` of a voxel-wise post-processing, or ``None`` for any other."""
+    """(before, after) the one ``Invertd`` of a voxel-wise post-processing, or ``None`` for any other.
+
+    A :class:`~medpipe.operating_point.KeepLesionsd` right after ``Invertd`` is left out of ``after``: the
+    callers (``medpipe infer``, ``evaluate``) apply the same operating point to the lesions they measure."""
     inverts = [i for i, t in enumerate(post) if isinstance(t, Invertd)]
+    keep = [i for i, t in enumerate(post) if isinstance(t, KeepLesionsd)]
+    if keep and (len(inverts) != 1 or keep != [inverts[0] + 1]):
+        return None
+    post = [t for t in post if not isinstance(t, KeepLesionsd)]
     if len(inverts) != 1 or not all(isinstance(t, (Activationsd, AsDiscreted, Invertd, *VOXELWISE)) for t in post):
         return None
     if any(isinstance(t, VOXELWISE) for t in post[inverts[0] :]):

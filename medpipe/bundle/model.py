@@ -37,6 +37,7 @@ from medpipe.data.images import Image
 from medpipe.data.manifest import load_manifest
 from medpipe.data.medmnist import LoadMedMNISTd
 from medpipe.errors import Code
+from medpipe.operating_point import KeepLesionsd
 
 #: Transforms that read files: dropped when an image already in memory is handed over.
 LOADERS = (LoadImage, LoadImaged, LoadMedMNISTd)
@@ -142,6 +143,9 @@ class BundleModel:
         network.eval()
         post = parsed(wf, "postprocessing") if "postprocessing" in wf.parser else None
         steps = post.transforms if isinstance(post, Compose) else list(post or [])
+        for step in steps:
+            if isinstance(step, KeepLesionsd):  # the operating point of these weights, not the config's ckpt_dir
+                step.weights_dir = resolved.path.parent
         return cls(
             layout=layout,
             workflow=wf,

@@ -20,13 +20,12 @@ Dice between its consensus and the candidates that found it is reported too.
 
 The **operating point** of a bundle's weights, ``operating_point.json`` beside them (the score threshold
 below which candidates are not reported as lesions), is chosen on a validation split
-(:func:`choose_operating_point`) and read by :func:`read_operating_point`; without one every candidate
-is a lesion (threshold 0).
+(:func:`choose_operating_point`); :mod:`medpipe.operating_point` reads it and applies it, in ``medpipe
+infer`` and in the bundle's own post-processing alike.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +34,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from medpipe.atomic import atomic_path, atomic_write_text
+from medpipe.atomic import atomic_path
 from medpipe.tables import write_csv
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-OPERATING_POINT_FILE = "operating_point.json"
 STRUCTURE = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -191,26 +189,6 @@ def choose_operating_point(curve: Sequence[tuple[float, float, float]], max_fp_p
         return float(np.nextafter(max((t for t, _, _ in curve if np.isfinite(t)), default=1.0), np.inf))
     best = max(s for s, _ in allowed)
     return float(max(t for s, t in allowed if s == best))
-
-
-def at_operating_point(lesions: Sequence[Any], threshold: float) -> tuple[list[Any], list[Any]]:
-    """(reported, candidates): lesions scoring ``threshold`` or more, and the others (NaN scores are reported)."""
-    reported = [les for les in lesions if not les.score < threshold]
-    return reported, [les for les in lesions if les.score < threshold]
-
-
-def read_operating_point(weights: str | Path) -> float:
-    """The score threshold stored beside ``weights`` (0: every candidate is a lesion)."""
-    path = Path(weights).parent / OPERATING_POINT_FILE
-    if not path.is_file():
-        return 0.0
-    return float(json.loads(path.read_text(encoding="utf-8"))["score_threshold"])
-
-
-def write_operating_point(weights: str | Path, threshold: float, **record: Any) -> Path:
-    path = Path(weights).parent / OPERATING_POINT_FILE
-    atomic_write_text(path, json.dumps({"score_threshold": round(threshold, 6), **record}, indent=1) + "\n")
-    return path
 
 
 CANDIDATE_FIELDS = ("case", "score", "voxels", "status", "hits")

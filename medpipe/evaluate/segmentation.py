@@ -35,19 +35,17 @@ from medpipe.errors import Code
 from medpipe.evaluate.detection import (
     Candidate,
     Target,
-    at_operating_point,
     choose_operating_point,
     froc,
     match_case,
-    read_operating_point,
     summary_at,
-    write_operating_point,
     write_report,
 )
 from medpipe.evaluate.metrics import summarise
 from medpipe.evaluate.readers import READER_FIELDS, reader_rows
 from medpipe.infer.classifier import CropClassifier
 from medpipe.infer.lesions import mask_of, measure_lesions
+from medpipe.operating_point import at_operating_point, read_operating_point, write_operating_point
 from medpipe.privacy import case_id, shown_path
 from medpipe.tables import write_csv
 

@@ -22,13 +22,13 @@ import numpy as np
 
 from medpipe.bundle.model import BundleModel
 from medpipe.data.nifti import write_nifti
-from medpipe.evaluate.detection import at_operating_point, read_operating_point
 from medpipe.infer.classifier import CropClassifier
 from medpipe.infer.lesions import mask_of, measure_lesions
 from medpipe.infer.preview import write_preview
 from medpipe.infer.records import LESION_FIELDS
 from medpipe.infer.seg import write_seg
 from medpipe.infer.sources import Source
+from medpipe.operating_point import at_operating_point, read_operating_point
 from medpipe.tables import write_csv
 
 #: The display window of the preview when the bundle does not say (``hu_window``): a lung window.

@@ -7,6 +7,7 @@ evaluate layer through ``python -m monai.bundle`` in subprocesses from another w
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from scipy import ndimage
 
 from medpipe.cli import cli
 from medpipe.data.manifest import load_split
@@ -108,6 +110,42 @@ def test_inference_from_another_directory_keeps_shape_and_affine(
         assert pred.shape == src.shape
         np.testing.assert_allclose(pred.affine, src.affine, atol=1e-4)
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+
+
+def test_monai_bundle_run_keeps_the_lesions_medpipe_infer_reports(tiny_dataset: Path, tmp_path: Path) -> None:
+    """``python -m monai.bundle run`` writes the mask of exactly the lesions ``medpipe infer`` reports at the
+    operating point beside the weights (KeepLesionsd after Invertd), not every component. The shipped
+    weights find dozens of components on the phantoms, scoring from 0.5 to 1."""
+    from medpipe.infer.run import InferOptions, infer
+
+    bundle = tmp_path / "lung_nodule_ct"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("model.ts", "runs", "eval"))
+    threshold = 0.95
+    (bundle / "models" / "operating_point.json").write_text(json.dumps({"score_threshold": threshold}))
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for entry in load_split(tiny_dataset, "test"):
+        shutil.copy(entry["image"], inputs)
+    summary = infer(bundle, inputs, tmp_path / "infer", InferOptions(formats=["nifti"], progress=False),
+                    echo=lambda _: None)  # fmt: skip
+    assert (summary["done"], summary["failed"]) == (1, 0)
+    kept = [float(r["score"]) for f in (tmp_path / "infer").rglob("*_lesions.csv") for r in csv.DictReader(f.open())]
+    dropped = [
+        float(r["score"]) for f in (tmp_path / "infer").rglob("*_candidates.csv") for r in csv.DictReader(f.open())
+    ]
+    assert len(kept) >= 2 and len(dropped) >= 2 and min(kept) >= threshold > max(dropped), (kept, dropped)
+    (ours,) = [np.asarray(nib.load(p).dataobj) for p in (tmp_path / "infer").rglob("*_seg.nii.gz")]
+    out = tmp_path / "monai"
+    configs = [str(bundle / "configs" / "common.json"), str(bundle / "configs" / "inference.json")]
+    monai_bundle(
+        "run", "--config_file", json.dumps(configs), "--meta_file", str(bundle / "configs" / "metadata.json"),
+        "--bundle_root", str(bundle), "--dataset_dir", str(inputs), "--output_dir", str(out),
+        cwd=tmp_path,
+    )
+    (image,) = inputs.glob("*.nii.gz")
+    theirs = np.asarray(nib.load(out / image.name.replace(".nii.gz", "_seg.nii.gz")).dataobj)
+    assert np.array_equal(theirs, ours), f"{int((theirs != ours).sum())} voxels differ"
+    assert ndimage.label(theirs > 0, structure=np.ones((3, 3, 3)))[1] == len(kept)
 
 
 def test_export_and_monai_checks(trained: Path, tmp_path: Path) -> None:

@@ -5,24 +5,24 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medpipe.errors import BundleError
 from medpipe.evaluate import evaluate
 from medpipe.evaluate.detection import (
     Candidate,
     Target,
-    at_operating_point,
     choose_operating_point,
     froc,
     match_case,
-    read_operating_point,
     summary_at,
-    write_operating_point,
 )
 from medpipe.infer.lesions import measure_lesions
+from medpipe.operating_point import at_operating_point, read_operating_point, write_operating_point
 from tests.conftest import BUNDLE, REPO
 
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -133,3 +133,25 @@ def test_each_target_sits_beside_the_lesion_found_there_with_the_classifier_prob
         evaluate(REPO / "bundles" / "hippocampus_mri", manifest=tiny_dataset, output=tmp_path / "h",
                  classifier=malignancy, echo=lambda _: None)  # fmt: skip
     assert e.value.code == "BUNDLE_NOT_LESION"
+
+
+def test_keep_lesions_drops_the_components_below_the_operating_point(tmp_path: Path) -> None:
+    """The bundle's post-processing step: a component scoring under the threshold becomes background, one at
+    or above it is left as it was; without an operating point nothing changes."""
+    from monai.data import MetaTensor
+
+    from medpipe.operating_point import KeepLesionsd
+
+    fg = torch.zeros(12, 12, 12)
+    fg[1:4, 1:4, 1:4] = 0.97  # kept
+    fg[7:10, 7:10, 7:10] = 0.8  # dropped
+    fg[8, 8, 8] = 0.9
+    probs = MetaTensor(torch.stack([1 - fg, fg]))
+    step = KeepLesionsd(keys="pred", weights_dir=tmp_path)
+    assert torch.equal(step({"pred": probs})["pred"], probs)  # no operating_point.json: every component
+    write_operating_point(tmp_path / "model.pt", 0.95)
+    out = step({"pred": probs})["pred"].argmax(dim=0).numpy()
+    assert out[1:4, 1:4, 1:4].all() and out.sum() == 27
+    lesions = measure_lesions((fg > 0.5).numpy().astype(np.uint8), AFFINE, scores=np.rint(255 * fg.numpy()).astype(np.uint8))
+    reported, candidates = at_operating_point(lesions, read_operating_point(tmp_path))
+    assert [les.voxels for les in reported] == [27] and [round(c.score, 2) for c in candidates] == [0.9]
