@@ -4,8 +4,9 @@ A segmentation bundle's inference post-processing maps the prediction from the p
 (reoriented, resampled, cropped) back to the input grid with MONAI's ``Invertd``, which builds the
 whole-volume sampling grid at once (16 bytes per voxel: 1.6 GB for a 512x512x400 CT). When the
 post-processing is voxel-wise around one ``Invertd`` (``Activationsd`` / ``Invertd`` /
-``AsDiscreted``, and :class:`~medpipe.lungs.RestrictToLungsd` before the inversion, as every shipped
-bundle's is), :func:`invert_in_slabs` computes the same geometry
+``AsDiscreted``, :class:`~medpipe.lungs.RestrictToLungsd` before the inversion and
+:class:`~medpipe.operating_point.KeepLesionsd` right after it, as every shipped bundle's is),
+:func:`invert_in_slabs` computes the same geometry
 one slab of slices at a time: each input voxel centre is mapped through the preprocessed image's
 affine and the probabilities are sampled there trilinearly, then the bundle's own transforms after
 ``Invertd`` (argmax...) run on the slab. Any other post-processing runs as the bundle wrote it.

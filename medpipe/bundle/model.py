@@ -243,7 +243,9 @@ class BundleModel:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The mask and, with ``scores``, each voxel's highest foreground probability (uint8, 1/255 steps)
         on the same grid: the raw material of a lesion's score. ``None`` when the bundle's post-processing
-        is not the voxel-wise kind whose probabilities can be kept (see :mod:`medpipe.bundle.inversion`)."""
+        is not the voxel-wise kind whose probabilities can be kept (see :mod:`medpipe.bundle.inversion`).
+        The mask then holds every candidate: a ``KeepLesionsd`` step is left to the caller, which applies
+        the operating point to the lesions it measures (``medpipe infer`` lists the rest as candidates)."""
         if self.kind != SEGMENTATION:
             raise Code.BUNDLE_NOT_SEGMENTER(
                 f"bundle {self.layout.root.name} outputs class probabilities; segmenting needs a segmentation bundle"
