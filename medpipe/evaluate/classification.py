@@ -8,6 +8,12 @@ to the weights (``threshold.json``, chosen on the validation split at the end of
 :mod:`medpipe.evaluate.threshold`; 0.5 without it); multi-class decisions are argmax. The figures are
 :func:`medpipe.evaluate.metrics.classification_figures`. Writes ``predictions.csv`` (case, label,
 probabilities, prediction) and ``summary.json`` to ``<bundle>/eval/<split>/`` and prints a table.
+
+A binary bundle that names a ``rating_key`` (common.json; e.g. LIDC's malignancy 1-5) is also scored
+against the entries' ratings where they carry them: Spearman's rank correlation of P(class 1) with the
+rating and, for a bundle trained on the rating (``target: rating``, :class:`~medpipe.bundle.classifier.
+RatingTargetd`), the mean absolute error of the predicted rating ``low + (high - low) * P(class 1)``
+(column ``predicted_rating``).
 """
 
 from __future__ import annotations
@@ -66,6 +72,11 @@ def evaluate_classifier(
          "image": shown_path(e["image"], show_paths)}
         for e, y, p, d in zip(entries, label, prob, pred, strict=True)
     ]  # fmt: skip
+    rating = rating_figures(model, entries, prob)
+    if rating is not None and "predicted" in rating:
+        fields.insert(fields.index("prediction") + 1, "predicted_rating")
+        for row, value in zip(rows, rating.pop("predicted"), strict=True):
+            row["predicted_rating"] = round(float(value), 3)
     write_csv(out_dir / "predictions.csv", rows, fields)
     manifest = Path(str(model.get("manifest")))
     summary = {
@@ -80,6 +91,8 @@ def evaluate_classifier(
         "seconds": round(seconds, 1),
         "metrics": result,
     }
+    if rating is not None:
+        summary["rating"] = rating
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     decision = "argmax" if result["threshold"] is None else f"P(1) >= {result['threshold']:.3f}"
     echo(f"{'AUC':>7} {'acc':>7} {'F1':>7} {'prec':>7} {'recall':>7}  decision")
@@ -88,5 +101,37 @@ def evaluate_classifier(
         f"{result['recall']:7.4f}  {decision}"
     )
     echo("confusion matrix (rows = label, columns = prediction): " + json.dumps(result["confusion_matrix"]))
+    if rating is not None:
+        mae = f", predicted rating MAE {rating['mae']:.3f}" if "mae" in rating else ""
+        echo(f"against {rating['key']} ({rating['cases']} cases): Spearman {rating['spearman']:.3f}{mae}")
     echo(f"{len(entries)} cases in {seconds:.0f} s; predictions and summary in {out_dir}")
     return summary
+
+
+def rating_figures(model: BundleModel, entries: list[dict[str, Any]], prob: np.ndarray) -> dict[str, Any] | None:
+    """Spearman of P(class 1) with the entries' ``rating_key`` (and the predicted rating's MAE for a
+    ``target: rating`` bundle); ``None`` for a multi-class bundle or when no entry carries a rating."""
+    key = model.get("rating_key")
+    if not key or prob.shape[1] != 2:
+        return None
+    values = np.array([float(e[key]) if _finite(e.get(key)) else np.nan for e in entries])
+    known = np.isfinite(values)
+    if known.sum() < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    out: dict[str, Any] = {"key": str(key), "cases": int(known.sum()),
+                           "spearman": float(spearmanr(prob[known, 1], values[known]).statistic)}  # fmt: skip
+    if model.get("target", "label") == "rating":
+        low, high = (float(v) for v in model.get("rating_range", (1.0, 5.0)))
+        predicted = low + (high - low) * prob[:, 1]
+        out["mae"] = float(np.abs(predicted[known] - values[known]).mean())
+        out["predicted"] = predicted.tolist()
+    return out
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False

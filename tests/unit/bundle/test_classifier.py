@@ -80,3 +80,37 @@ def test_shipped_weights_fit_the_network_and_threshold_is_a_probability():
     assert 0 < record["threshold"] < 1 and record["positive_class"] == 1
 
 
+
+
+def test_rating_target_scales_the_rating_into_class_probabilities():
+    from medpipe.bundle.classifier import RatingTargetd
+    from medpipe.errors import ManifestError
+
+    entry = {"case_id": "n1", "image": "x.nii.gz", "label": 0, "Malignancy_value": 3.0}
+    out = RatingTargetd(target="rating")(entry)
+    assert torch.equal(out["label"], torch.tensor([0.5, 0.5])) and entry["label"] == 0  # the entry is not changed
+    assert torch.equal(RatingTargetd(target="rating")({**entry, "Malignancy_value": 5})["label"], torch.tensor([0.0, 1.0]))
+    assert torch.equal(RatingTargetd(target="rating", low=0, high=10)({**entry, "Malignancy_value": 12})["label"],
+                       torch.tensor([0.0, 1.0]))  # clipped  # fmt: skip
+    assert RatingTargetd(target="label")(entry) == entry  # the benign / malignant call, as before
+    for missing in ({}, {"Malignancy_value": ""}, {"Malignancy_value": float("nan")}):
+        with pytest.raises(ManifestError) as e:
+            RatingTargetd(target="rating")({**{k: v for k, v in entry.items() if k != "Malignancy_value"}, **missing})
+        assert e.value.code == "MANIFEST_INVALID" and "n1" in str(e.value)
+    for bad in ({"target": "ratings"}, {"low": 5, "high": 1}):
+        with pytest.raises(BundleError) as e:
+            RatingTargetd(**{"target": "rating", **bad})
+        assert e.value.code == "CONFIG_BAD_OVERRIDE"
+
+
+def test_the_train_config_trains_on_the_rating_when_asked():
+    """``--set target=rating``: the training preprocessing turns each entry's label into the scaled
+    rating; validation keeps the benign / malignant labels its AUC is computed on."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(MALIGNANCY / "configs" / f) for f in ("common.json", "train.json")])
+    parser["target"] = "rating"
+    step = parser.get_parsed_content("train::target_transform")
+    assert step.enabled and step.rating_key == "Malignancy_value" and (step.low, step.high) == (1.0, 5.0)
+    assert "RatingTargetd" not in json.dumps(parser.get("validate"))
