@@ -7,8 +7,10 @@ fixed synthetic timestamp, so the same inputs give byte-identical files.
 
 Conventions: ``image_hu[i, j, k]`` with ``i`` the column (+x, patient left), ``j`` the row (+y,
 posterior), ``k`` the slice (+z, head), axial slices with ImageOrientationPatient ``[1, 0, 0, 0, 1, 0]``;
-``origin_lps`` is the centre of voxel ``(0, 0, 0)``. Pixels are stored unsigned as ``HU + 1024``
-(RescaleIntercept -1024, RescaleSlope 1), so HU from -1024 to 32767 can be written.
+``origin_lps`` is the centre of voxel ``(0, 0, 0)``. Pixels are stored as ``HU + 1024``
+(RescaleIntercept -1024, RescaleSlope 1): unsigned (HU -1024 to 32767) when no voxel is below -1024 HU,
+else signed (HU -31744 to 31743), as scanners do that pad outside the reconstruction circle with
+-2048 HU; ``padding_hu`` then names that value (PixelPaddingValue).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 IMPLEMENTATION_CLASS_UID = generate_uid(entropy_srcs=["medpipe/implementation-class"])
 SYNTHETIC_DATE, SYNTHETIC_TIME = "20260101", "120000"
 HU_RANGE = (-1024, 32767)
+#: HU a signed 16-bit stored value + RescaleIntercept -1024 can hold
+SIGNED_HU_RANGE = (-31744, 31743)
 _INTERCEPT = -1024
 
 
@@ -58,7 +62,8 @@ def _triple(value: Sequence[float], name: str, positive: bool) -> tuple[float, f
 
 
 def _stored_pixels(image_hu: np.ndarray) -> np.ndarray:
-    """Validate the volume and return it as stored values ``HU + 1024`` (uint16)."""
+    """Validate the volume and return it as stored values ``HU + 1024``: uint16 when no voxel is below
+    -1024 HU, else int16 (signed pixel representation)."""
     image = np.asarray(image_hu)
     if image.ndim != 3 or 0 in image.shape:
         raise _invalid(f"image_hu must be a non-empty 3-D array [i, j, k], got shape {image.shape}")
@@ -70,12 +75,14 @@ def _stored_pixels(image_hu: np.ndarray) -> np.ndarray:
         if not np.isfinite(image).all() or not np.array_equal(image, np.round(image)):
             raise _invalid("image_hu holds non-integer or non-finite values; round to integer HU first")
     lo, hi = image.min(), image.max()
-    if lo < HU_RANGE[0] or hi > HU_RANGE[1]:
+    signed = lo < HU_RANGE[0]
+    allowed = SIGNED_HU_RANGE if signed else HU_RANGE
+    if lo < allowed[0] or hi > allowed[1]:
         raise _invalid(
-            f"image_hu values span [{lo}, {hi}] HU; only {list(HU_RANGE)} can be stored "
-            "(unsigned 16-bit with RescaleIntercept -1024); clip the volume first"
+            f"image_hu values span [{lo}, {hi}] HU; only {list(HU_RANGE)} (unsigned 16-bit) or "
+            f"{list(SIGNED_HU_RANGE)} (signed) can be stored with RescaleIntercept -1024; clip the volume first"
         )
-    return (image.astype(np.int32) - _INTERCEPT).astype(np.uint16)
+    return (image.astype(np.int32) - _INTERCEPT).astype(np.int16 if signed else np.uint16)
 
 
 def _uid(*parts: str) -> UID:
@@ -100,6 +107,7 @@ def write_ct_series(
     series_description: str = "Synthetic chest CT phantom (medpipe)",
     series_number: int = 1,
     manufacturer: str = "medpipe (synthetic phantom)",
+    padding_hu: int | None = None,
 ) -> list[Path]:
     """Write ``image_hu`` as ``IM000001.dcm``... (one CT Image Storage file per slice, slice order).
 
@@ -109,10 +117,15 @@ def write_ct_series(
     and a digest of the pixels and geometry, so different content never shares UIDs. Returns the paths.
 
     Raises :class:`~medpipe.errors.DicomError` with code ``DICOM_WRITE_INVALID_INPUT`` for a volume that
-    is not 3-D, holds non-integer HU or values outside [-1024, 32767], for bad geometry or an empty seed,
+    is not 3-D, holds non-integer HU or values outside [-31744, 32767] (or both below -1024 and above
+    31743), for a ``padding_hu`` the storage cannot hold, for bad geometry or an empty seed,
     and ``DICOM_WRITE_FAILED`` when a file cannot be written.
     """
     stored = _stored_pixels(image_hu)
+    if padding_hu is not None:
+        low, high = SIGNED_HU_RANGE if stored.dtype == np.int16 else HU_RANGE
+        if isinstance(padding_hu, bool) or not isinstance(padding_hu, (int, np.integer)) or not low <= padding_hu <= high:
+            raise _invalid(f"padding_hu={padding_hu!r} must be an integer HU from {low} to {high} for this volume")
     sx, sy, sz = _triple(spacing, "spacing", positive=True)
     origin = _triple(origin_lps, "origin_lps", positive=False)
     if not isinstance(series_seed, str) or not series_seed:
@@ -202,8 +215,11 @@ def write_ct_series(
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows, ds.Columns = n_rows, n_cols
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 0
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<u2").tobytes()
+        signed = stored.dtype == np.int16
+        ds.PixelRepresentation = 1 if signed else 0
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2" if signed else "<u2").tobytes()
+        if padding_hu is not None:  # the value outside the reconstruction circle, as stored
+            ds.add_new(0x00280120, "SS" if signed else "US", int(padding_hu) - _INTERCEPT)
         # CT Image
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = str(_INTERCEPT), "1", "HU"
         ds.KVP = "120"

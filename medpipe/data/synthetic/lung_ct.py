@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_SPLITS", "GENERATOR", "GENERATOR_NAME", "GENERATOR_VERSION",
 
 GENERATOR_NAME = "lung_nodule_ct_demo"
 #: Bump when the phantom recipe or layout changes: existing generated folders are then rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: -2048 HU outside the reconstruction circle (PixelPaddingValue in the DICOM)
 BASE_SEED = 20261123
 DEFAULT_SPLITS: dict[str, int] = {"training": 24, "validation": 6, "test": 6}
 
@@ -70,7 +70,7 @@ def manifest_content(
     content = {
         "name": GENERATOR_NAME,
         "description": (
-            "SYNTHETIC chest-CT phantoms (body, lungs, airway, vessels, ribs, spine) with 1-4 nodules "
+            "SYNTHETIC chest-CT phantoms (body, lungs, airway, vessels, ribs, spine, table, -2048 HU outside the scan circle) with 1-4 nodules "
             "of 4-30 mm (solid, part-solid, ground-glass; smooth or lobulated), 0.8x0.8x2.5 mm, "
             "generated deterministically by medpipe on first use. Not patient data."
         ),
@@ -89,6 +89,7 @@ def manifest_content(
 def _write_case(args: tuple[Path, int, PhantomSpec | None]) -> dict[str, Any]:
     root, index, spec = args
     cid = case_id(index)
+    spec = spec or PhantomSpec()
     case = generate_phantom(BASE_SEED + index, spec)
     affine = case.affine_ras()
     write_nifti(root / "imagesTr" / f"{cid}.nii.gz", case.image, affine, dtype="int16")
@@ -102,6 +103,7 @@ def _write_case(args: tuple[Path, int, PhantomSpec | None]) -> dict[str, Any]:
         study_seed=f"{GENERATOR_NAME}-v{GENERATOR_VERSION}-study-{cid}",
         patient_id=f"PHANTOM-{index:03d}",
         series_description=f"medpipe synthetic chest CT phantom {cid}",
+        padding_hu=None if spec.outside_scan_hu is None else int(spec.outside_scan_hu),
     )
     return {
         "case_id": cid,

@@ -5,7 +5,8 @@ datalist can name cases instead of shipping volumes. A case looks like a chest C
 body with skin, subcutaneous fat and muscle, two lungs (the left one smaller, because of the heart)
 tapering to the apex, diaphragm domes at the bottom, mediastinum with heart, aorta, pulmonary arteries
 and veins, trachea splitting into bronchi, branching pulmonary vessels (the confounders a model must
-learn to ignore), ribs, sternum, spine and a patient table. Nodules are solid, part-solid or
+learn to ignore), ribs, sternum, spine and a patient table, with -2048 HU outside the reconstruction
+circle as scanners pad it. Nodules are solid, part-solid or
 ground-glass, smooth or lobulated, with partial-volume edges; the label holds exactly the voxels whose
 centre lies inside a nodule surface.
 
@@ -81,7 +82,9 @@ class PhantomSpec:
     ``nodule_diameter_mm`` are inclusive ranges sampled uniformly. Nodules too small to surely cover a
     voxel centre at a coarse spacing are enlarged: see :attr:`effective_diameter_mm`. ``noise_hu`` is the
     standard deviation of the (slightly correlated) noise; ``kinds``/``shapes`` restrict the nodule types
-    drawn (uniformly); ``table`` adds a patient table under the back.
+    drawn (uniformly); ``table`` adds a patient table under the back. ``outside_scan_hu`` is the value of
+    the voxels outside the reconstruction circle (the circle of the larger in-plane field of view, centred),
+    as scanners write them (-2048 on GE, -3024 on Siemens); ``None`` leaves the anatomy's air there.
     """
 
     shape: tuple[int, int, int] = (384, 320, 56)
@@ -92,6 +95,7 @@ class PhantomSpec:
     kinds: tuple[str, ...] = NODULE_KINDS
     shapes: tuple[str, ...] = NODULE_SHAPES
     table: bool = True
+    outside_scan_hu: float | None = -2048.0
 
     def __post_init__(self) -> None:
         shape = _as_tuple(self.shape, 3, "shape", operator.index)
@@ -129,6 +133,11 @@ class PhantomSpec:
         object.__setattr__(self, "nodule_diameter_mm", diam)
         object.__setattr__(self, "noise_hu", float(self.noise_hu))
         object.__setattr__(self, "table", bool(self.table))
+        if self.outside_scan_hu is not None:
+            pad = self.outside_scan_hu
+            if isinstance(pad, bool) or not isinstance(pad, numbers.Real) or not -32768 <= pad <= -1000:
+                raise _spec_error(f"outside_scan_hu={pad!r} must be None or a number from -32768 to -1000 HU")
+            object.__setattr__(self, "outside_scan_hu", float(pad))
 
     @property
     def effective_diameter_mm(self) -> tuple[float, float]:
@@ -294,6 +303,10 @@ def generate_phantom(seed: int, spec: PhantomSpec | None = None) -> PhantomCase:
     if spec.noise_hu > 0:
         image += correlated_noise(noise_rng, grid.shape, spec.noise_hu)
     image_hu = to_hu_int16(image)
+    if spec.outside_scan_hu is not None:  # the reconstruction circle: the scanner's padding value outside
+        radius = max(grid.fov[0], grid.fov[1]) / 2
+        outside = grid.x[:, None] ** 2 + grid.y[None, :] ** 2 > radius**2
+        image_hu[outside] = np.int16(spec.outside_scan_hu)
 
     nodules = []
     for (nodule, kind), (box, mask) in zip(placed, regions, strict=True):

@@ -76,7 +76,8 @@ def test_pydicom_reads_back_ct_attributes(case, written):
         assert [float(v) for v in ds.PixelSpacing] == [sy, sx]
         assert [float(v) for v in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
         assert float(ds.RescaleIntercept) == -1024 and float(ds.RescaleSlope) == 1 and ds.RescaleType == "HU"
-        assert ds.PixelRepresentation == 0 and ds.BitsStored == 16
+        # signed storage exactly when the volume holds padding below -1024 HU (the phantoms' scan circle)
+        assert ds.PixelRepresentation == int(case.image.min() < -1024) and ds.BitsStored == 16
         assert ds.PhotometricInterpretation == "MONOCHROME2"
         hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
         assert np.array_equal(hu, case.image[:, :, k].T)
@@ -124,7 +125,9 @@ def test_dciodvfy_reports_no_errors(written):
     ("image", "kwargs"),
     [
         (np.zeros((8, 8), np.int16), {}),
-        (np.full((8, 8, 2), -2000, np.int16), {}),
+        (np.full((8, 8, 2), -32000, np.int16), {}),
+        (np.stack([np.full((8, 8), -2048), np.full((8, 8), 32000)], axis=2).astype(np.int32), {}),
+        (np.zeros((8, 8, 2), np.int16), {"padding_hu": -2048}),
         (np.full((8, 8, 2), 40000, np.int32), {}),
         (np.full((8, 8, 2), 0.5), {}),
         (np.zeros((8, 8, 2), bool), {}),

@@ -98,7 +98,8 @@ def test_hu_plausibility(cases):
         near_nodule = ndi.binary_dilation(case.label.astype(bool), iterations=2)
         parenchyma = case.lung_mask & ~case.vessel_mask & ~near_nodule
         assert abs(np.median(img[parenchyma]) + 850) <= 60
-        assert abs(np.median(img[:6, :6, :]) + 1000) <= 30  # anterior-right corner: air
+        assert (img[:3, :3, :] == -2048).all()  # the corners: outside the reconstruction circle
+        assert abs(np.median(img[:, :4, :][img[:, :4, :] > -2048]) + 1000) <= 30  # in front of the chest: air
         assert (img > 600).sum() > 50  # ribs, sternum and spine
         vessels = case.vessel_mask & ~near_nodule
         assert vessels.sum() > 100 and np.median(img[vessels]) > -500  # vessels are bright in the lungs
@@ -156,3 +157,19 @@ def test_unplaceable_nodules_raise_with_code():
     with pytest.raises(DataGenerationError) as info:
         generate_phantom(0, spec)
     assert info.value.code == "PHANTOM_NODULE_PLACEMENT"
+
+
+def test_outside_the_reconstruction_circle_is_the_scanners_padding(cases):
+    """-2048 HU outside the circle of the larger in-plane field of view, as GE scanners write it; nothing
+    of the lungs or nodules there, and inside the circle the image is the one without padding."""
+    import dataclasses
+
+    plain = generate_phantom(0, dataclasses.replace(SMALL, outside_scan_hu=None))
+    padded = cases[0].image == -2048
+    assert 0.1 < padded[:, :, 0].mean() < 0.2 and (padded == padded[:, :, :1]).all()  # the same circle per slice
+    assert not (padded & (cases[0].lung_mask | cases[0].label.astype(bool))).any()
+    assert np.array_equal(cases[0].image[~padded], plain.image[~padded]) and plain.image.min() >= -1100
+    for bad in (-500, True, "air"):
+        with pytest.raises(DataGenerationError) as e:
+            PhantomSpec(outside_scan_hu=bad)
+        assert e.value.code == "PHANTOM_INVALID_SPEC"

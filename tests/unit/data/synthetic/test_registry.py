@@ -112,6 +112,7 @@ def test_bundle_configs_resolve_their_default_manifest_with_plain_monai(tmp_path
     env = {**os.environ, "MEDPIPE_DATA": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code, *bundles], capture_output=True, text=True, env=env,
                          cwd=tmp_path, check=True)
-    expected = [tmp_path / f"{name}-v1" / MANIFEST_NAME for name in ("lung_nodule_ct_demo",) * 2]
+    version = lung_ct.GENERATOR_VERSION
+    expected = [tmp_path / f"{name}-v{version}" / MANIFEST_NAME for name in ("lung_nodule_ct_demo",) * 2]
     assert [Path(line) for line in out.stdout.split()] == expected
     assert all(p.is_file() for p in expected)
