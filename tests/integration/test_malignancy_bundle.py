@@ -102,6 +102,28 @@ def test_train_refuses_bad_transfer_options(crops, random_bundle, tmp_path):
     assert not (tmp_path / "out").exists()  # a refused run leaves nothing behind
 
 
+def test_train_on_the_rating_target(crops, random_bundle, tmp_path):
+    """``--set target=rating``: one epoch on the readers' rating as soft targets (the synthetic crops get a
+    rating column); without the column the run stops with the coded error naming the entry."""
+    from medpipe.errors import ManifestError
+    from medpipe.train import TrainOptions, train
+
+    content = json.loads(crops.read_text())
+    for split in ("training", "validation", "test"):
+        for i, entry in enumerate(content[split]):
+            entry["Malignancy_value"] = [1.0, 2.0, 3.0][i % 3] if entry["label"] == 0 else [3.0, 4.0, 5.0][i % 3]
+    rated = crops.parent / "rated.json"
+    rated.write_text(json.dumps({**content, "dataset_dir": str(crops.parent / "data")}))
+    options = TrainOptions(manifest=rated, max_epochs=1, device="cpu", output=tmp_path / "out",
+                           sets={"batch_size": 8, "initialize": ONE_THREAD, "target": "rating"})  # fmt: skip
+    record = train(random_bundle, options, echo=lambda s: None)
+    assert record["epochs_completed"] == 1 and 0 <= record["best_metric"] <= 1
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["target"] == "rating"
+    with pytest.raises(ManifestError) as e:
+        train(random_bundle, replace(options, manifest=crops, output=tmp_path / "plain"), echo=lambda s: None)
+    assert e.value.code == "MANIFEST_INVALID" and "Malignancy_value" in str(e.value)
+
+
 def test_regression_head_is_a_config_change(crops):
     """Nodule diameter (mm) regressed with MSE: one output, MSELoss, label = the generator's diameter."""
     from ignite.engine import Events
