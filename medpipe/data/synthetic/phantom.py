@@ -135,8 +135,9 @@ class PhantomSpec:
         object.__setattr__(self, "table", bool(self.table))
         if self.outside_scan_hu is not None:
             pad = self.outside_scan_hu
-            if isinstance(pad, bool) or not isinstance(pad, numbers.Real) or not -32768 <= pad <= -1000:
-                raise _spec_error(f"outside_scan_hu={pad!r} must be None or a number from -32768 to -1000 HU")
+            if isinstance(pad, bool) or not isinstance(pad, numbers.Real) or not -31744 <= pad <= -1000:
+                raise _spec_error(f"outside_scan_hu={pad!r} must be None or a number from -31744 to -1000 HU "
+                                  "(what a CT DICOM series with RescaleIntercept -1024 can store)")
             object.__setattr__(self, "outside_scan_hu", float(pad))
 
     @property
