@@ -119,6 +119,10 @@ class TrainOptions:
     init_from: str | Path | None = None
     freeze: str = "none"
     pretrained_lr_scale: float = 1.0
+    #: the seed of every random draw (config id ``seed``; default the bundle's, 0) and torch's
+    #: deterministic algorithms (id ``deterministic``): two runs with one seed give the same weights on CPU
+    seed: int | None = None
+    deterministic: bool = False
     #: the command line, recorded in run.json (the CLI sets it)
     command: str | None = None
 
@@ -148,9 +152,9 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     """
     tune_malloc()  # freed activations stay in the heap: 1.15x per step on CPU (medpipe.perf)
     layout = BundleLayout.open(bundle)
-    overrides, user_ids = training_overrides(
-        options.manifest, options.max_epochs, options.device, options.sets
-    )
+    sets = {**options.sets, **({"seed": options.seed} if options.seed is not None else {}),
+            **({"deterministic": True} if options.deterministic else {})}  # fmt: skip
+    overrides, user_ids = training_overrides(options.manifest, options.max_epochs, options.device, sets)
     folder = run_folder(layout.root.name, options.output)
     # Both ids a train config may save to point at the run folder, so no config can write into models/.
     overrides["output_dir"] = overrides["ckpt_dir"] = str(folder)
@@ -252,5 +256,7 @@ def run_record(
         "best_metric": metrics.get("best_metric"),
         "best_epoch": metrics.get("best_epoch"),
         "epochs_completed": metrics.get("epochs_completed"),
+        "seed": parsed(wf, "seed") if "seed" in wf.parser else None,
+        "deterministic": bool(parsed(wf, "deterministic")) if "deterministic" in wf.parser else None,
         "model_sha256": file_sha256(weights) if weights.is_file() else None,
     }

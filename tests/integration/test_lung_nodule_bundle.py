@@ -112,6 +112,32 @@ def test_inference_from_another_directory_keeps_shape_and_affine(
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
 
 
+def test_one_seed_gives_the_same_weights_and_metrics(tiny_dataset: Path, tmp_path: Path) -> None:
+    """``--seed``: two runs with one seed are bit-identical on CPU (weights and every epoch's figures);
+    another seed draws other patches and initial weights. The seed is recorded in run.json."""
+    from medpipe.train import TrainOptions, train
+
+    def run(name: str, seed: int, deterministic: bool = False) -> tuple[dict, dict]:
+        sets = {s.split("=", 1)[0]: json.loads(s.split("=", 1)[1]) for s in TINY}
+        options = TrainOptions(manifest=tiny_dataset, max_epochs=2, device="cpu", sets=sets, output=tmp_path / name,
+                               seed=seed, deterministic=deterministic)  # fmt: skip
+        record = train(BUNDLE, options, echo=lambda _: None)
+        history = json.loads((tmp_path / name / "training_metrics.json").read_text())["history"]
+        history = [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in history]  # all but the clock
+        return record, {"weights": torch.load(tmp_path / name / "model.pt", weights_only=True), "history": history}
+
+    first, a = run("a", 3)
+    again, b = run("b", 3, deterministic=True)
+    _, c = run("c", 4)
+    assert first["seed"] == 3 and first["deterministic"] is False and again["deterministic"] is True
+    assert a["history"] == b["history"] and a["weights"].keys() == b["weights"].keys()
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+    assert first["model_sha256"] == again["model_sha256"]
+    assert not torch.are_deterministic_algorithms_enabled()  # the run's finalize switched them off again
+    assert a["history"] != c["history"]
+    assert not all(torch.equal(a["weights"][k], c["weights"][k]) for k in a["weights"])
+
+
 def test_monai_bundle_run_keeps_the_lesions_medpipe_infer_reports(tiny_dataset: Path, tmp_path: Path) -> None:
     """``python -m monai.bundle run`` writes the mask of exactly the lesions ``medpipe infer`` reports at the
     operating point beside the weights (KeepLesionsd after Invertd), not every component. The shipped
