@@ -268,6 +268,7 @@ class Code(str, Enum):
     )
     INFER_BAD_FORMAT = "INFER_BAD_FORMAT", InputError, "infer --format names a format other than nifti, dicom-seg"
     INFER_BAD_SELECT = "INFER_BAD_SELECT", InputError, "infer --select is not modality=..."
+    INFER_BAD_SHARD = "INFER_BAD_SHARD", InputError, "infer --shard is not K/N with 1 <= K <= N"
     EXPLAIN_INVALID = "EXPLAIN_INVALID", InputError, "explain: a --class the network does not have"
     OPTION_INVALID = (
         "OPTION_INVALID", InputError,

@@ -29,6 +29,9 @@ from medpipe.cli.options import (
 @click.option("--select", multiple=True, metavar="modality=CT",
               help="Process only these modalities (default: the bundle's input modality).")  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=1), help="CPU threads (torch, header reading).")
+@click.option("--shard", metavar="K/N",
+              help="Only shard K of N of the series (a hash of each series id), e.g. one per SLURM array task; "
+              "its reports are results-K-of-N.csv...; a run without --shard afterwards gathers them.")  # fmt: skip
 @device_option
 @weights_option
 @set_option
@@ -42,6 +45,7 @@ def infer(
     formats: str,
     select: tuple[str, ...],
     workers: int | None,
+    shard: str | None,
     device: str | None,
     weights: str | None,
     sets: tuple[str, ...],
@@ -64,7 +68,7 @@ def infer(
     options = InferOptions(
         formats=tuple(formats.split(",")), select=select, classifier=classifier, weights=weights, workers=workers,
         device=device, overrides=overrides, user_ids=tuple(overrides),
-        assembly=assembly(resample_gaps, correct_tilt, min_slices), show_paths=show_paths,
+        assembly=assembly(resample_gaps, correct_tilt, min_slices), show_paths=show_paths, shard=shard,
     )  # fmt: skip
     status = outcome(run_infer(bundle, input_path, output, options, echo=click.echo), output)
     if status:

@@ -5,16 +5,23 @@ must match for a re-run to skip the series (bundle name, version and weights has
 fingerprint, the options that change outputs) with the series' result and lesion rows. Run level:
 ``results.csv`` (one row per series), ``lesions.csv``, ``candidates.csv`` (components below the
 operating point), ``failures.csv`` (series, code, message) and ``summary.json``, rewritten after every series so an interrupted run still reports what it did.
+
+``--shard K/N`` (:func:`parse_shard`, :func:`in_shard`) splits the series by a hash of their ids for
+array jobs sharing one output folder: each shard writes its own run-level reports
+(``results-K-of-N.csv``...), and a run without ``--shard`` afterwards skips every series done and
+writes the combined ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from medpipe.atomic import atomic_write_text
+from medpipe.errors import Code
 from medpipe.tables import write_csv
 
 RESULT_FIELDS = (
@@ -63,10 +70,36 @@ def write_reports(
     failures: Sequence[Mapping[str, Any]],
     *,
     show_paths: bool = False,
+    suffix: str = "",
 ) -> None:
-    """The run-level reports in ``out``."""
-    write_csv(out / "results.csv", results, RESULT_FIELDS + ((SOURCE_FIELD,) if show_paths else ()))
-    write_csv(out / "lesions.csv", [r for r in lesions if not r.get("candidate")], LESION_FIELDS)
-    write_csv(out / "candidates.csv", [r for r in lesions if r.get("candidate")], LESION_FIELDS)
-    write_csv(out / "failures.csv", failures, FAILURE_FIELDS)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    """The run-level reports in ``out`` (``results<suffix>.csv``...: a shard's are its own, see ``--shard``)."""
+    write_csv(out / f"results{suffix}.csv", results, RESULT_FIELDS + ((SOURCE_FIELD,) if show_paths else ()))
+    write_csv(out / f"lesions{suffix}.csv", [r for r in lesions if not r.get("candidate")], LESION_FIELDS)
+    write_csv(out / f"candidates{suffix}.csv", [r for r in lesions if r.get("candidate")], LESION_FIELDS)
+    write_csv(out / f"failures{suffix}.csv", failures, FAILURE_FIELDS)
+    atomic_write_text(out / f"summary{suffix}.json", json.dumps(summary, indent=1) + "\n")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N (``INFER_BAD_SHARD`` otherwise); ``None`` for no sharding."""
+    if text is None:
+        return None
+    try:
+        k, n = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise Code.INFER_BAD_SHARD(
+            f"--shard {text!r} must be K/N with 1 <= K <= N (e.g. 1/4 ... 4/4: one per SLURM array task, "
+            "K = $SLURM_ARRAY_TASK_ID + 1 for --array=0-3)"
+        )
+    return k, n
+
+
+def in_shard(series_id: str, shard: tuple[int, int] | None) -> bool:
+    """Whether a series belongs to shard K of N: by a hash of its id, so the split of one series never
+    depends on which other series the input holds (a task started later sees the same split)."""
+    if shard is None:
+        return True
+    k, n = shard
+    return int(hashlib.sha256(series_id.encode("utf-8")).hexdigest(), 16) % n == k - 1

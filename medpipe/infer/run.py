@@ -33,7 +33,7 @@ from medpipe.bundle.model import BundleModel
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions
 from medpipe.errors import EXIT_PARTIAL, Code, MedpipeError, look_up
 from medpipe.infer.classifier import CropClassifier
-from medpipe.infer.records import outputs_exist, read_done, write_done, write_reports
+from medpipe.infer.records import in_shard, outputs_exist, parse_shard, read_done, write_done, write_reports
 from medpipe.infer.series import process_series
 from medpipe.infer.sources import Source, discover, parse_select, refuse_unselected
 from medpipe.privacy import scrub
@@ -62,6 +62,8 @@ class InferOptions:
     #: write input paths into results.csv and leave error messages unscrubbed
     show_paths: bool = False
     progress: bool = True
+    #: ``"K/N"``: only the series of shard K of N (by a hash of the series id), for array jobs
+    shard: str | None = None
 
 
 def release_memory() -> None:
@@ -119,6 +121,8 @@ def infer(
     for f in formats:
         look_up(f, FORMATS, what="--format", code=Code.INFER_BAD_FORMAT)
     selected = parse_select(tuple(options.select))
+    shard = parse_shard(options.shard)
+    suffix = "" if shard is None else f"-{shard[0]}-of-{shard[1]}"
     out, root = Path(output), Path(input_path)
     if root.is_dir() and out.resolve().is_relative_to(root.resolve()):
         raise Code.INFER_OUTPUT_INSIDE_INPUT(
@@ -138,6 +142,9 @@ def infer(
         selected = {"modality": {model.modality}}
     clf = None if options.classifier is None else CropClassifier.open(options.classifier, model.device)
     found = discover(input_path, options.assembly, workers=options.workers)
+    if shard is not None:
+        found.sources[:] = [s for s in found.sources if in_shard(s.id, shard)]
+        found.unreadable[:] = [u for u in found.unreadable if in_shard(u[0], shard)]
     for source in found.sources:
         refuse_unselected(source, selected)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +158,8 @@ def infer(
         "classifier": None if clf is None else [clf.model.name, clf.model.version, clf.model.weights.sha256],
     }
     echo(
-        f"infer {model.layout.root.name} {model.version} on {len(found.sources)} series "
+        f"infer {model.layout.root.name} {model.version} on {len(found.sources)} series"
+        f"{'' if shard is None else f' (shard {shard[0]} of {shard[1]})'} "
         f"({', '.join(sorted(selected.get('modality', []))) or 'any modality'}) on {model.device}; "
         f"weights {model.describe_weights()}"
     )
@@ -181,7 +189,7 @@ def infer(
 
     def finish(series: str, status: str) -> None:
         release_memory()  # nothing of this series is referenced any more
-        write_reports(out, summary(), results, lesions, failures, show_paths=options.show_paths)
+        write_reports(out, summary(), results, lesions, failures, show_paths=options.show_paths, suffix=suffix)
         if after_series:
             after_series(series, status)
 
@@ -234,10 +242,11 @@ def infer(
             finish(source.id, "ok")
     finally:
         final = summary()
-        write_reports(out, final, results, lesions, failures, show_paths=options.show_paths)
+        write_reports(out, final, results, lesions, failures, show_paths=options.show_paths, suffix=suffix)
     echo(
         f"{counts['done']} done, {counts['skipped']} skipped (done earlier), {counts['failed']} failed "
-        f"in {final['seconds']:.0f} s; reports in {out} (results.csv, lesions.csv, failures.csv, summary.json)"
+        f"in {final['seconds']:.0f} s; reports in {out} (results{suffix}.csv, lesions{suffix}.csv, "
+        f"failures{suffix}.csv, summary{suffix}.json)"
     )
     return final
 

@@ -378,3 +378,37 @@ def test_lesions_have_scores_and_the_mask_holds_only_those_at_the_operating_poin
     for sid in {r["series"] for r in lesions}:
         mask = np.asarray(nib.load(tmp_path / "out" / sid / f"{sid}_seg.nii.gz").dataobj)
         assert int(mask.sum()) == sum(int(r["voxels"]) for r in lesions if r["series"] == sid)
+
+
+def test_shards_split_the_series_and_a_plain_run_gathers_them(run: dict, tmp_path: Path) -> None:
+    """``--shard K/N`` for array jobs sharing one output folder: disjoint shards that together hold every
+    series, each with the masks of the one-process run and its own reports; a run without --shard then
+    skips every series done and writes the combined reports."""
+    from medpipe.errors import InputError
+    from medpipe.infer.records import in_shard
+    from medpipe.infer.run import InferOptions, infer
+
+    out = tmp_path / "out"
+    seen: list[set[str]] = []
+    for k in (1, 2):
+        options = InferOptions(formats=["nifti"], overrides=FAST, progress=False, shard=f"{k}/2")
+        summary = infer(BUNDLE, run["inputs"], out, options, echo=lambda _: None)
+        rows = _rows(out / f"results-{k}-of-2.csv")
+        assert json.loads((out / f"summary-{k}-of-2.json").read_text())["series"] == summary["series"] == len(rows)
+        assert all(in_shard(r["series"], (k, 2)) for r in rows)
+        seen.append({r["series"] for r in rows})
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == run["summary"]["series"]
+    assert not (out / "results.csv").exists()  # no shard writes the run's reports
+    for folder in out.iterdir():
+        if folder.is_dir():
+            np.testing.assert_array_equal(np.asarray(nib.load(folder / f"{folder.name}_seg.nii.gz").dataobj),
+                                          np.asarray(nib.load(run["out"] / folder.name / f"{folder.name}_seg.nii.gz").dataobj))  # fmt: skip
+    gathered = infer(BUNDLE, run["inputs"], out, InferOptions(formats=["nifti"], overrides=FAST, progress=False),
+                     echo=lambda _: None)  # fmt: skip
+    assert (gathered["series"], gathered["skipped"], gathered["done"]) == (4, 2, 0)
+    assert {r["series"] for r in _rows(out / "results.csv")} == seen[0] | seen[1]
+    for bad in ("3/2", "0/2", "1/0", "a/b", "2"):
+        with pytest.raises(InputError) as e:
+            infer(BUNDLE, run["inputs"], tmp_path / "never", InferOptions(shard=bad, progress=False))
+        assert e.value.code == "INFER_BAD_SHARD"
+    assert not (tmp_path / "never").exists()
