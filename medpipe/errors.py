@@ -140,6 +140,11 @@ class Code(str, Enum):
     )
     DEVICE_UNAVAILABLE = "DEVICE_UNAVAILABLE", BundleError, "--device cuda on a machine where torch sees no GPU"
     DEVICE_INVALID = "DEVICE_INVALID", BundleError, "--device is not cpu, cuda or cuda:N"
+    TRAIN_RESUME_INVALID = (
+        "TRAIN_RESUME_INVALID", BundleError,
+        "train --resume: the run folder has no (readable) checkpoint, or it is of another bundle version or "
+        "does not fit the training",
+    )  # fmt: skip
     INIT_SOURCE_NOT_FOUND = (
         "INIT_SOURCE_NOT_FOUND", BundleError,
         "train --init-from: no such file, or a bundle folder without models/model.pt",

@@ -85,6 +85,7 @@ class TrainingReport:
         self.print_fn = print_fn
         self.log_name = log_name
         self.history: list[dict[str, Any]] = []
+        self._resumed = False
         self._epoch_losses: list[float] = []
         self._epoch_start = 0.0
         self._run_start = 0.0
@@ -97,7 +98,17 @@ class TrainingReport:
 
     def _started(self, engine: Engine) -> None:
         self._run_start = time.perf_counter()
-        self.history = []
+        if not self._resumed:
+            self.history = []
+        self._resumed = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epochs summarised so far: what a resumed run (:mod:`medpipe.resume`) continues from."""
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+        self._resumed = True  # the next STARTED (of the resumed run) keeps them
 
     def _epoch_started(self, engine: Engine) -> None:
         self._epoch_losses = []

@@ -32,6 +32,7 @@ from medpipe.data.checks import check_labelled_cases
 from medpipe.data.manifest import load_manifest
 from medpipe.errors import Code, find_medpipe_error
 from medpipe.perf import tune_malloc
+from medpipe.resume import CHECKPOINT_FILE, record_resume, resume_checkpoint, resumed_run
 from medpipe.transfer import freeze as apply_freeze
 from medpipe.transfer import init_from, regroup_optimizer
 
@@ -123,6 +124,8 @@ class TrainOptions:
     #: deterministic algorithms (id ``deterministic``): two runs with one seed give the same weights on CPU
     seed: int | None = None
     deterministic: bool = False
+    #: continue the run in ``output`` from its last finished epoch (:mod:`medpipe.resume`)
+    resume: bool = False
     #: the command line, recorded in run.json (the CLI sets it)
     command: str | None = None
 
@@ -152,10 +155,16 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     """
     tune_malloc()  # freed activations stay in the heap: 1.15x per step on CPU (medpipe.perf)
     layout = BundleLayout.open(bundle)
-    sets = {**options.sets, **({"seed": options.seed} if options.seed is not None else {}),
-            **({"deterministic": True} if options.deterministic else {})}  # fmt: skip
-    overrides, user_ids = training_overrides(options.manifest, options.max_epochs, options.device, sets)
-    folder = run_folder(layout.root.name, options.output)
+    meta_version = json.loads(layout.metadata.read_text(encoding="utf-8")).get("version")
+    transfer = {"init_from": None if options.init_from is None else str(options.init_from),
+                "freeze": options.freeze or "none", "pretrained_lr_scale": options.pretrained_lr_scale}  # fmt: skip
+    if options.resume:  # the run's own overrides, so the workflow is the one that was interrupted
+        folder, overrides, user_ids, transfer = resumed_run(options.output, meta_version)
+    else:
+        sets = {**options.sets, **({"seed": options.seed} if options.seed is not None else {}),
+                **({"deterministic": True} if options.deterministic else {})}  # fmt: skip
+        overrides, user_ids = training_overrides(options.manifest, options.max_epochs, options.device, sets)
+        folder = run_folder(layout.root.name, options.output)
     # Both ids a train config may save to point at the run folder, so no config can write into models/.
     overrides["output_dir"] = overrides["ckpt_dir"] = str(folder)
     log: list[str] = []  # lines said before the run folder exists, written into its train.log after
@@ -175,15 +184,22 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     try:
         if "crop_size" in wf.parser:  # a crop classifier: refuse a crop the network cannot take, now
             check_crop_size(parsed(wf, "network"), parsed(wf, "crop_size"))
-        if options.init_from is not None or options.freeze not in (None, "none") or options.pretrained_lr_scale != 1.0:
-            prepare_transfer(wf, options.init_from, options.freeze or "none", options.pretrained_lr_scale, say)
+        if transfer["init_from"] is not None or transfer["freeze"] != "none" or transfer["pretrained_lr_scale"] != 1.0:
+            prepare_transfer(wf, transfer["init_from"], transfer["freeze"], transfer["pretrained_lr_scale"], say)
         parsed(wf, "train::trainer")  # build every component now: config errors surface as CONFIG_INVALID
+        checkpoint = resume_checkpoint(wf, folder)
+        first = checkpoint.restore() + 1 if options.resume else 1
     except BaseException:
         if not existed:  # a refused run leaves no folder behind (TensorBoard's writer may have made it)
             shutil.rmtree(folder, ignore_errors=True)
         raise
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "config.json", json.dumps(wf.parser.get(), indent=1, default=str) + "\n")
+    checkpoint.attach()
+    if not options.resume:
+        atomic_write_text(folder / "config.json", json.dumps(wf.parser.get(), indent=1, default=str) + "\n")
+        record_resume(folder, overrides, user_ids, meta_version, transfer)
+    else:
+        say(f"resuming {_display(folder)} at epoch {first} (from {CHECKPOINT_FILE})")
     say(
         f"training {layout.root.name}: {counts.get('train', '?')} training / "
         f"{counts.get('validate', '?')} validation cases, {parsed(wf, 'max_epochs')} epochs on "

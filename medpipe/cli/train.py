@@ -36,6 +36,9 @@ from medpipe.cli.options import bundle_option, device_option, set_option
     metavar="none|backbone|until:LAYER",
     help="Parameters to keep fixed (until:LAYER freezes up to and including LAYER).",
 )
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --output from its last finished epoch (model, optimizer, scheduler, "
+              "random states), with the options it was started with.")  # fmt: skip
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of every random draw (config id seed; default 0).")
 @click.option("--deterministic", is_flag=True,
               help="Also use torch's deterministic algorithms (slower on GPU; CPU runs are deterministic with a seed).")  # fmt: skip
@@ -56,6 +59,7 @@ def train(
     verbose: bool,
     init_from: str | None,
     freeze: str,
+    resume: bool,
     seed: int | None,
     deterministic: bool,
     pretrained_lr_scale: float,
@@ -72,7 +76,7 @@ def train(
     options = TrainOptions(
         manifest=manifest, max_epochs=max_epochs, device=device, sets=parse_overrides(sets), output=output,
         verbose=verbose, init_from=init_from, freeze=freeze, pretrained_lr_scale=pretrained_lr_scale,
-        seed=seed, deterministic=deterministic, command=shlex.join(["medpipe", *sys.argv[1:]]),
+        seed=seed, deterministic=deterministic, resume=resume, command=shlex.join(["medpipe", *sys.argv[1:]]),
     )  # fmt: skip
     run_training(bundle, options, echo=click.echo)
 

@@ -138,6 +138,66 @@ def test_one_seed_gives_the_same_weights_and_metrics(tiny_dataset: Path, tmp_pat
     assert not all(torch.equal(a["weights"][k], c["weights"][k]) for k in a["weights"])
 
 
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_dataset: Path, tmp_path: Path) -> None:
+    """``medpipe train --resume``: a run SIGKILLed after its second epoch, resumed, ends bit-identical
+    (CPU) to the same run left alone: weights, best checkpoint and every epoch's figures."""
+    import os
+    import signal
+    import time
+
+    from medpipe.errors import BundleError
+    from medpipe.train import TrainOptions, train
+
+    epochs = 6
+    args = ["train", "--bundle", str(BUNDLE), "--manifest", str(tiny_dataset), "--max-epochs", str(epochs),
+            "--device", "cpu"] + [x for s in TINY for x in ("--set", s)]  # fmt: skip
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "medpipe", *args, "--output", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        mark = killed / "checkpoint.json"
+        if mark.is_file() and json.loads(mark.read_text())["epoch"] >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    stopped_at = json.loads((killed / "checkpoint.json").read_text())["epoch"]
+    assert proc.returncode == -signal.SIGKILL and stopped_at < epochs and not (killed / "run.json").exists()
+    assert not list(killed.glob(".checkpoint_last.pt.*"))  # written under a temporary name, renamed whole
+    result = CliRunner().invoke(cli, ["train", "--bundle", str(BUNDLE), "--output", str(killed), "--resume"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert f"at epoch {stopped_at + 1} (from checkpoint_last.pt)" in result.output
+    full = tmp_path / "full"
+    assert CliRunner().invoke(cli, [*args, "--output", str(full)]).exit_code == 0
+
+    def strip(folder: Path) -> list[dict]:
+        history = json.loads((folder / "training_metrics.json").read_text())["history"]
+        return [{k: v for k, v in e.items() if k != "seconds"} for e in history]
+
+    assert strip(killed) == strip(full) and len(strip(full)) == epochs
+    assert (killed / "model.pt").read_bytes() == (full / "model.pt").read_bytes()
+    last = [torch.load(f / "checkpoint_last.pt", weights_only=True)["network"] for f in (killed, full)]
+    assert all(torch.equal(last[0][k], last[1][k]) for k in last[1])
+    # bad input: coded errors, nothing overwritten
+    for output in (None, tmp_path / "empty"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(BundleError) as e:
+            train(BUNDLE, TrainOptions(output=output, resume=True), echo=lambda _: None)
+        assert e.value.code == "TRAIN_RESUME_INVALID"
+    record = json.loads((killed / "resume.json").read_text())
+    (killed / "resume.json").write_text(json.dumps({**record, "bundle_version": "0.0.1"}))
+    with pytest.raises(BundleError) as e:
+        train(BUNDLE, TrainOptions(output=killed, resume=True), echo=lambda _: None)
+    assert e.value.code == "TRAIN_RESUME_INVALID" and "0.0.1" in str(e.value)
+    (killed / "resume.json").write_text(json.dumps(record))
+    (killed / "checkpoint_last.pt").write_bytes(b"torn")
+    before = (killed / "model.pt").read_bytes()
+    with pytest.raises(BundleError) as e:
+        train(BUNDLE, TrainOptions(output=killed, resume=True), echo=lambda _: None)
+    assert e.value.code == "TRAIN_RESUME_INVALID" and (killed / "model.pt").read_bytes() == before
+
+
 def test_monai_bundle_run_keeps_the_lesions_medpipe_infer_reports(tiny_dataset: Path, tmp_path: Path) -> None:
     """``python -m monai.bundle run`` writes the mask of exactly the lesions ``medpipe infer`` reports at the
     operating point beside the weights (KeepLesionsd after Invertd), not every component. The shipped
