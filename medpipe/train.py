@@ -159,6 +159,13 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     transfer = {"init_from": None if options.init_from is None else str(options.init_from),
                 "freeze": options.freeze or "none", "pretrained_lr_scale": options.pretrained_lr_scale}  # fmt: skip
     if options.resume:  # the run's own overrides, so the workflow is the one that was interrupted
+        given = [name for name, value in (("--manifest", options.manifest), ("--max-epochs", options.max_epochs),
+                 ("--device", options.device), ("--set", options.sets), ("--seed", options.seed),
+                 ("--deterministic", options.deterministic), ("--init-from", options.init_from)) if value]  # fmt: skip
+        if given:
+            raise Code.TRAIN_RESUME_INVALID(
+                f"--resume continues the run with the options it was started with (resume.json); drop {', '.join(given)}"
+            )
         folder, overrides, user_ids, transfer = resumed_run(options.output, meta_version)
     else:
         sets = {**options.sets, **({"seed": options.seed} if options.seed is not None else {}),

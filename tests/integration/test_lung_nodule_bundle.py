@@ -185,6 +185,9 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_datase
         with pytest.raises(BundleError) as e:
             train(BUNDLE, TrainOptions(output=output, resume=True), echo=lambda _: None)
         assert e.value.code == "TRAIN_RESUME_INVALID"
+    with pytest.raises(BundleError) as e:  # the run's own options, not new ones
+        train(BUNDLE, TrainOptions(output=killed, resume=True, max_epochs=9), echo=lambda _: None)
+    assert e.value.code == "TRAIN_RESUME_INVALID" and "--max-epochs" in str(e.value)
     record = json.loads((killed / "resume.json").read_text())
     (killed / "resume.json").write_text(json.dumps({**record, "bundle_version": "0.0.1"}))
     with pytest.raises(BundleError) as e:
