@@ -178,17 +178,20 @@ def resumed_run(output: str | Path | None, version: str | None) -> tuple[Path, d
     path = folder / RESUME_FILE
     if not (folder / CHECKPOINT_FILE).is_file() or not path.is_file():
         raise Code.TRAIN_RESUME_INVALID(
-            f"{folder} holds no {CHECKPOINT_FILE} and {RESUME_FILE}: not a run medpipe train started, or it "
+            f"{folder} lacks {CHECKPOINT_FILE} or {RESUME_FILE}: not a run medpipe train started, or it "
             "was killed before its first epoch ended (start it again without --resume)"
         )
-    content = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+        overrides, user_ids = dict(content["overrides"]), list(content["user_ids"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Code.TRAIN_RESUME_INVALID(f"{path} is not a resume record medpipe train wrote ({exc})") from None
     if content.get("bundle_version") != version:
         raise Code.TRAIN_RESUME_INVALID(
             f"{folder} was started with bundle version {content.get('bundle_version')}, the bundle is {version} now"
         )
-    overrides = dict(content["overrides"])
     overrides["output_dir"] = overrides["ckpt_dir"] = str(folder)
-    return folder, overrides, list(content["user_ids"]), dict(content.get("transfer", {}))
+    return folder, overrides, user_ids, dict(content.get("transfer") or {})
 
 
 def resume_checkpoint(wf: Any, folder: Path) -> ResumeCheckpoint:

@@ -193,6 +193,10 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_datase
     with pytest.raises(BundleError) as e:
         train(BUNDLE, TrainOptions(output=killed, resume=True), echo=lambda _: None)
     assert e.value.code == "TRAIN_RESUME_INVALID" and "0.0.1" in str(e.value)
+    (killed / "resume.json").write_text("{not json")
+    with pytest.raises(BundleError) as e:
+        train(BUNDLE, TrainOptions(output=killed, resume=True), echo=lambda _: None)
+    assert e.value.code == "TRAIN_RESUME_INVALID"
     (killed / "resume.json").write_text(json.dumps(record))
     (killed / "checkpoint_last.pt").write_bytes(b"torn")
     before = (killed / "model.pt").read_bytes()
