@@ -143,6 +143,8 @@ class ResumeCheckpoint:
         path = self.folder / CHECKPOINT_FILE
         if not path.is_file():
             raise Code.TRAIN_RESUME_INVALID(f"{self.folder} has no {CHECKPOINT_FILE}: nothing to resume from")
+        for stale in self.folder.glob(f".{CHECKPOINT_FILE}.*.tmp"):  # a write the kill interrupted
+            stale.unlink(missing_ok=True)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torn, foreign or not a checkpoint of save()
