@@ -58,6 +58,12 @@ def at_operating_point(lesions: Sequence[Any], threshold: float) -> tuple[list[A
     return reported, [les for les in lesions if les.score < threshold]
 
 
+def lesion_scores(probs: torch.Tensor) -> np.ndarray:
+    """Each voxel's highest foreground probability of class probabilities (C, ...), in 1/255 steps
+    (uint8): the one rule for the scores ``medpipe infer`` measures and ``KeepLesionsd`` applies."""
+    return np.rint(255 * probs[1:].amax(dim=0).clamp(0, 1).cpu().numpy()).astype(np.uint8)
+
+
 def below_operating_point(mask: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """Boolean map of the components of ``mask`` (each label's, 26-connected) whose highest score
     (uint8 ``scores``, 1/255 steps) is below ``threshold``."""
@@ -79,7 +85,7 @@ class KeepLesionsd(MapTransform):
     """On class probabilities on the input grid (after ``Invertd``): make background every component
     of the argmax whose score is below the operating point stored in ``weights_dir`` (the bundle's
     ``ckpt_dir``), so the discrete mask after it holds exactly the lesions ``medpipe infer`` reports.
-    The score is computed as :func:`medpipe.bundle.inversion.invert_in_slabs` records it."""
+    The score is :func:`lesion_scores`, as :func:`medpipe.bundle.inversion.invert_in_slabs` records it."""
 
     def __init__(self, keys: Any, weights_dir: str | Path, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -94,8 +100,7 @@ class KeepLesionsd(MapTransform):
                 continue
             p = torch.as_tensor(probs).detach().float()
             mask = p.argmax(dim=0).cpu().numpy().astype(np.uint8)
-            scores = np.rint(255 * p[1:].amax(dim=0).clamp(0, 1).cpu().numpy()).astype(np.uint8)
-            drop = torch.as_tensor(below_operating_point(mask, scores, threshold))
+            drop = torch.as_tensor(below_operating_point(mask, lesion_scores(p), threshold))
             if bool(drop.any()):
                 out = probs.clone()
                 out[0][drop] = 1.0

@@ -29,7 +29,7 @@ from monai.data import MetaTensor
 from monai.transforms import Activationsd, AsDiscreted, Invertd, Spacingd
 
 from medpipe.lungs import RestrictToLungsd
-from medpipe.operating_point import KeepLesionsd
+from medpipe.operating_point import KeepLesionsd, lesion_scores
 
 #: voxel-wise steps that may come before ``Invertd`` besides MONAI's (they read the preprocessed image)
 VOXELWISE = (RestrictToLungsd,)
@@ -123,7 +123,7 @@ def invert_in_slabs(
         )[0]  # (C, X, Y, K)
         del grid
         if scores is not None and slab.shape[0] > 1:
-            scores[:, :, k0:k1] = np.rint(255 * slab[1:].amax(dim=0).clamp(0, 1).numpy()).astype(np.uint8)
+            scores[:, :, k0:k1] = lesion_scores(slab)
         data = {"pred": MetaTensor(slab)}
         for transform in after:  # the bundle's own (AsDiscreted argmax...), voxel-wise
             data = transform(data)

@@ -122,8 +122,9 @@ def write_ct_series(
     and ``DICOM_WRITE_FAILED`` when a file cannot be written.
     """
     stored = _stored_pixels(image_hu)
+    signed = stored.dtype == np.int16
     if padding_hu is not None:
-        low, high = SIGNED_HU_RANGE if stored.dtype == np.int16 else HU_RANGE
+        low, high = SIGNED_HU_RANGE if signed else HU_RANGE
         if isinstance(padding_hu, bool) or not isinstance(padding_hu, (int, np.integer)) or not low <= padding_hu <= high:
             raise _invalid(f"padding_hu={padding_hu!r} must be an integer HU from {low} to {high} for this volume")
     sx, sy, sz = _triple(spacing, "spacing", positive=True)
@@ -215,7 +216,6 @@ def write_ct_series(
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows, ds.Columns = n_rows, n_cols
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        signed = stored.dtype == np.int16
         ds.PixelRepresentation = 1 if signed else 0
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2" if signed else "<u2").tobytes()
         if padding_hu is not None:  # the value outside the reconstruction circle, as stored
