@@ -3,6 +3,7 @@
 * :class:`LossProgressBar` -- a tqdm bar per epoch showing the running loss.
 * :class:`TrainingReport` -- after each epoch: one summary line (loss, validation Dice when it ran,
   time), printed and appended to ``train.log``, and ``training_metrics.json`` and ``training_curve.png``
+  (loss, validation metric and learning rate, redrawn every epoch)
   in ``output_dir`` (the run folder), written to a temporary name and renamed so a killed run never
   leaves a torn file.
 * :class:`ValidationHandler` -- MONAI's, validating every ``interval`` epochs **and after the last
@@ -87,6 +88,7 @@ class TrainingReport:
         self.history: list[dict[str, Any]] = []
         self._resumed = False
         self._epoch_losses: list[float] = []
+        self._epoch_lr: float | None = None
         self._epoch_start = 0.0
         self._run_start = 0.0
 
@@ -112,6 +114,8 @@ class TrainingReport:
 
     def _epoch_started(self, engine: Engine) -> None:
         self._epoch_losses = []
+        optimizer = getattr(engine, "optimizer", None)
+        self._epoch_lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None
         self._epoch_start = time.perf_counter()
 
     def _iteration_completed(self, engine: Engine) -> None:
@@ -130,6 +134,8 @@ class TrainingReport:
         loss = sum(self._epoch_losses) / max(1, len(self._epoch_losses))
         val = self._validation_of(epoch)
         row: dict[str, Any] = {"epoch": epoch, "loss": round(loss, 6), "seconds": round(seconds, 2)}
+        if self._epoch_lr is not None:  # the (first group's) learning rate the epoch started with
+            row["lr"] = float(f"{self._epoch_lr:.6g}")
         if val is not None:
             row[self.key_metric] = round(val, 6)
         self.history.append(row)
@@ -170,9 +176,11 @@ class TrainingReport:
         import matplotlib.pyplot as plt
 
         epochs = [r["epoch"] for r in self.history]
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        lrs = [(r["epoch"], r["lr"]) for r in self.history if r.get("lr")]
+        fig, axes = plt.subplots(2 if lrs else 1, 1, figsize=(6, 5 if lrs else 3.5), dpi=100, sharex=True,
+                                 squeeze=False, gridspec_kw={"height_ratios": [3, 1.2]} if lrs else None)  # fmt: skip
+        ax = axes[0][0]
         ax.plot(epochs, [r["loss"] for r in self.history], label="training loss", color="tab:blue")
-        ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
         vals = [(r["epoch"], r[self.key_metric]) for r in self.history if self.key_metric in r]
@@ -186,6 +194,13 @@ class TrainingReport:
             ax2.legend(loc="lower right")
         ax.legend(loc="upper right")
         ax.set_title("training curve")
+        if lrs:
+            lr_ax = axes[1][0]
+            lr_ax.plot([e for e, _ in lrs], [v for _, v in lrs], color="tab:green")
+            lr_ax.set_yscale("log")
+            lr_ax.set_ylabel("learning rate")
+            lr_ax.grid(alpha=0.3)
+        axes[-1][0].set_xlabel("epoch")
         fig.tight_layout()
         with atomic_path(self.output_dir / self.png_name) as tmp:
             fig.savefig(tmp)

@@ -6,7 +6,8 @@ into the run folder, under a temporary name renamed into place, with
 * the trainer's ignite state (epoch, iteration, epoch length, max epochs), the network, the optimizer
   and the LR scheduler;
 * the validation evaluator's best metric and its epoch, the state of the best-checkpoint saver (so a
-  resumed run replaces ``model.pt`` only with a better one) and the epochs the training report holds;
+  resumed run replaces ``model.pt`` only with a better one), the early-stopping counter and best score
+  (:class:`medpipe.controls.EarlyStop`) and the epochs the training report holds;
 * every random state: python's, numpy's, torch's (and CUDA's), and the ``R`` of every MONAI random
   transform of the training data (:class:`RandomStates`).
 
@@ -199,19 +200,23 @@ def resumed_run(output: str | Path | None, version: str | None) -> tuple[Path, d
 def resume_checkpoint(wf: Any, folder: Path) -> ResumeCheckpoint:
     """The :class:`ResumeCheckpoint` of a built train workflow (network, optimizer, scheduler, report, RNG)."""
     from medpipe.bundle.workflow import parsed
+    from medpipe.controls import EarlyStop
     from medpipe.handlers import TrainingReport
 
     def get(config_id: str) -> Any:
         return parsed(wf, config_id) if config_id in wf.parser else None
 
     trainer = parsed(wf, "train::trainer")
-    report = next((h for h in get("train::handlers") or [] if isinstance(h, TrainingReport)), None)
+    handlers = get("train::handlers") or []
+    report = next((h for h in handlers if isinstance(h, TrainingReport)), None)
+    early_stop = next((h for h in handlers if isinstance(h, EarlyStop) and h.handler is not None), None)
     dataset = get("train::dataset")
     parts = {
         "network": get("network"),
         "optimizer": get("optimizer"),
         "lr_scheduler": get("lr_scheduler"),
         "report": report,
+        "early_stop": early_stop,
         "rng": RandomStates(getattr(dataset, "transform", None)),
     }
     return ResumeCheckpoint(folder, trainer, get("validate::evaluator"), parts, best_saver(get("validate::handlers")))
