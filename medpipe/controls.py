@@ -54,7 +54,9 @@ def lr_scheduler(
     """The LR scheduler of ``schedule`` (:data:`SCHEDULES`); ``onecycle`` counts iterations, the rest epochs."""
     look_up(schedule, SCHEDULES, what="lr_schedule", code=Code.CONFIG_BAD_OVERRIDE)
     if warmup_epochs < 0 or (schedule == "warmup_cosine" and warmup_epochs >= max_epochs):
-        raise Code.CONFIG_BAD_OVERRIDE(f"warmup_epochs must be 0..max_epochs-1 ({max_epochs - 1}), got {warmup_epochs}")
+        raise Code.CONFIG_BAD_OVERRIDE(
+            f"warmup_epochs must be 0..max_epochs-1 ({max_epochs - 1}), got {warmup_epochs}"
+        )
     sched = torch.optim.lr_scheduler
     if schedule == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=min_lr)
@@ -74,8 +76,15 @@ def lr_scheduler(
 class LrSchedule:
     """Steps ``lr_scheduler`` on the trainer: see the module docstring."""
 
-    def __init__(self, lr_scheduler: Any, schedule: str, validator: Engine | None = None, key_metric: str = "") -> None:
-        self.lr_scheduler, self.schedule, self.validator, self.key_metric = lr_scheduler, schedule, validator, key_metric
+    def __init__(
+        self, lr_scheduler: Any, schedule: str, validator: Engine | None = None, key_metric: str = ""
+    ) -> None:
+        self.lr_scheduler, self.schedule, self.validator, self.key_metric = (
+            lr_scheduler,
+            schedule,
+            validator,
+            key_metric,
+        )
 
     def attach(self, engine: Engine) -> None:
         event = Events.ITERATION_COMPLETED if self.schedule == "onecycle" else Events.EPOCH_COMPLETED
@@ -125,7 +134,9 @@ class EarlyStop:
         self.validator, self.key_metric, self.patience = validator, key_metric, int(patience)
         self.handler: EarlyStopHandler | None = None
         if self.patience:
-            self.handler = EarlyStopHandler(patience=self.patience, score_function=self.score, min_delta=min_delta)
+            self.handler = EarlyStopHandler(
+                patience=self.patience, score_function=self.score, min_delta=min_delta
+            )
 
     def score(self, engine: Engine) -> float:
         return float(engine.state.metrics[self.key_metric])
@@ -154,10 +165,14 @@ def training_dataset(
     across runs and processes), ``none`` Dataset. ``kwargs`` go to CacheDataset."""
     look_up(cache, DATASET_CACHES, what="dataset_cache", code=Code.CONFIG_BAD_OVERRIDE)
     if cache == "memory":
-        return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=False, **kwargs)
+        return CacheDataset(
+            data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=False, **kwargs
+        )
     if cache == "disk":
         if not cache_dir:
-            raise Code.CONFIG_BAD_OVERRIDE("dataset_cache=disk needs cache_dir (--set cache_dir=/fast/disk/folder)")
+            raise Code.CONFIG_BAD_OVERRIDE(
+                "dataset_cache=disk needs cache_dir (--set cache_dir=/fast/disk/folder)"
+            )
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         return PersistentDataset(data, transform, cache_dir=cache_dir)
     return Dataset(data, transform)

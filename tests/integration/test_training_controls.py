@@ -13,13 +13,17 @@ from tests.conftest import BUNDLE, TINY_SPACING
 TINY = {"pixdim": list(TINY_SPACING), "roi_size": [32, 32, 16], "val_interval": 1, "patches_per_case": 1}
 
 
-def test_schedule_clipping_early_stop_and_disk_cache_from_the_command_line(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_schedule_clipping_early_stop_and_disk_cache_from_the_command_line(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
     from medpipe.train import TrainOptions, train
 
     cache = tmp_path / "cache"
     sets = {**TINY, "lr_schedule": "warmup_cosine", "warmup_epochs": 2, "learning_rate": 0.01, "grad_clip": 0.5,
             "early_stop_patience": 3, "dataset_cache": "disk", "cache_dir": str(cache), "weight_decay": 0.01}  # fmt: skip
-    options = TrainOptions(manifest=tiny_dataset, max_epochs=6, device="cpu", sets=sets, output=tmp_path / "run")
+    options = TrainOptions(
+        manifest=tiny_dataset, max_epochs=6, device="cpu", sets=sets, output=tmp_path / "run"
+    )
     record = train(BUNDLE, options, echo=lambda _: None)
     history = json.loads((tmp_path / "run" / "training_metrics.json").read_text())["history"]
     lrs = [row["lr"] for row in history]
@@ -27,7 +31,7 @@ def test_schedule_clipping_early_stop_and_disk_cache_from_the_command_line(tiny_
     dice = [row["val_mean_dice"] for row in history]
     best = max(range(len(dice)), key=lambda i: (dice[i], -i))
     # early stopping with patience 3: the run ends at the third validation in a row that does not beat the best
-    assert len(history) == 6 or (len(history) == best + 4 and max(dice[best + 1:]) <= dice[best])
+    assert len(history) == 6 or (len(history) == best + 4 and max(dice[best + 1 :]) <= dice[best])
     assert record["epochs_completed"] == len(history)
     assert sorted(p.name for p in cache.iterdir()) == ["train", "validate"]
     assert len(list((cache / "train").glob("*.pt"))) == 2  # the 2 training cases' deterministic preprocessing

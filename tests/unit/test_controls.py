@@ -70,7 +70,9 @@ def test_plateau_counts_validations_not_epochs():
 
     LrSchedule(sched, "plateau", validator, "val").attach(trainer)
     lr_at = {}
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: lr_at.__setitem__(e.state.epoch, opt.param_groups[0]["lr"]))
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: lr_at.__setitem__(e.state.epoch, opt.param_groups[0]["lr"])
+    )
     trainer.run([0], max_epochs=12)
     # validations at 4 (best), 8 (1 bad: within patience), 12 (2 bad: reduce)
     assert lr_at[11] == pytest.approx(0.1) and lr_at[12] == pytest.approx(0.05)
