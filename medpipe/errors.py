@@ -145,6 +145,15 @@ class Code(str, Enum):
         "train --resume: the run folder has no (readable) checkpoint, or it is of another bundle version or "
         "does not fit the training",
     )  # fmt: skip
+    TRAIN_BAD_NPROC = (
+        "TRAIN_BAD_NPROC", BundleError,
+        "train --nproc: fewer than 2, more than the CPU cores (or GPUs with --device cuda), or a bundle "
+        "without configs/multi_gpu.json",
+    )  # fmt: skip
+    TRAIN_DISTRIBUTED_FAILED = (
+        "TRAIN_DISTRIBUTED_FAILED", BundleError,
+        "train under torchrun: a process of the run failed or the processes could not meet (rendezvous)",
+    )  # fmt: skip
     INIT_SOURCE_NOT_FOUND = (
         "INIT_SOURCE_NOT_FOUND", BundleError,
         "train --init-from: no such file, or a bundle folder without models/model.pt",
@@ -274,6 +283,18 @@ class Code(str, Enum):
     INFER_BAD_FORMAT = "INFER_BAD_FORMAT", InputError, "infer --format names a format other than nifti, dicom-seg"
     INFER_BAD_SELECT = "INFER_BAD_SELECT", InputError, "infer --select is not modality=..."
     INFER_BAD_SHARD = "INFER_BAD_SHARD", InputError, "infer --shard is not K/N with 1 <= K <= N"
+    INFER_BAD_WORKERS = (
+        "INFER_BAD_WORKERS", InputError, "infer --workers is not an integer >= 1, or is given with --scheduler"
+    )
+    INFER_SCHEDULER_UNREACHABLE = (
+        "INFER_SCHEDULER_UNREACHABLE", InputError,
+        "infer --scheduler: no Dask scheduler answers at the address (or it is not tcp://HOST:PORT)",
+    )  # fmt: skip
+    INFER_WORKER_DIED = (
+        "INFER_WORKER_DIED", InputError,
+        "infer --workers/--scheduler: every Dask worker that ran a series died (killed, out of memory); "
+        "recorded, the run goes on",
+    )  # fmt: skip
     EXPLAIN_INVALID = "EXPLAIN_INVALID", InputError, "explain: a --class the network does not have"
     OPTION_INVALID = (
         "OPTION_INVALID", InputError,

@@ -201,6 +201,7 @@ def resume_checkpoint(wf: Any, folder: Path) -> ResumeCheckpoint:
     """The :class:`ResumeCheckpoint` of a built train workflow (network, optimizer, scheduler, report, RNG)."""
     from medpipe.bundle.workflow import parsed
     from medpipe.controls import EarlyStop
+    from medpipe.distributed import unwrap
     from medpipe.handlers import TrainingReport
 
     def get(config_id: str) -> Any:
@@ -212,7 +213,7 @@ def resume_checkpoint(wf: Any, folder: Path) -> ResumeCheckpoint:
     early_stop = next((h for h in handlers if isinstance(h, EarlyStop) and h.handler is not None), None)
     dataset = get("train::dataset")
     parts = {
-        "network": get("network"),
+        "network": unwrap(get("network")),  # the same checkpoint for 1 or N processes
         "optimizer": get("optimizer"),
         "lr_scheduler": get("lr_scheduler"),
         "report": report,

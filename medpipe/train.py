@@ -19,7 +19,7 @@ import json
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,18 @@ from medpipe.bundle.layout import BundleLayout
 from medpipe.bundle.workflow import build_workflow, device_expression, parsed
 from medpipe.data.checks import check_labelled_cases
 from medpipe.data.manifest import load_manifest
+from medpipe.distributed import (
+    broadcast_object,
+    check_nproc,
+    init_process_group,
+    is_main,
+    launch,
+    local_device,
+    multi_gpu_config,
+    rank_output_dir,
+    unwrap,
+    world_size,
+)
 from medpipe.errors import Code, find_medpipe_error
 from medpipe.perf import tune_malloc
 from medpipe.resume import CHECKPOINT_FILE, record_resume, resume_checkpoint, resumed_run
@@ -87,7 +99,7 @@ def prepare_transfer(
     network exists and before the optimizer, LR scheduler and trainer are built from the config."""
     if not lr_scale > 0:
         raise Code.CONFIG_BAD_OVERRIDE(f"--pretrained-lr-scale must be > 0, got {lr_scale}")
-    network = parsed(wf, "network")
+    network = bare_network(wf)
     pretrained: set[str] = set()
     if source is not None:
         report = init_from(network, source)
@@ -100,6 +112,12 @@ def prepare_transfer(
     )
     groups = regroup_optimizer(parsed(wf, "optimizer"), network, pretrained, lr_scale)
     echo("optimizer groups: " + ", ".join(f"{name} {n} tensors lr {lr:.2e}" for name, n, lr in groups))
+
+
+def bare_network(wf: Any) -> Any:
+    """The network itself, before a multi-process layer wraps it in ``DistributedDataParallel``: weights
+    are loaded and frozen on it first, so DDP registers only the parameters that train."""
+    return parsed(wf, "network_def") if "network_def" in wf.parser else unwrap(parsed(wf, "network"))
 
 
 @dataclass(frozen=True)
@@ -147,6 +165,60 @@ def run_folder(bundle_name: str, output: str | Path | None = None) -> Path:
     return folder.resolve()
 
 
+def agreed_run_folder(bundle_name: str, output: str | Path | None) -> Path:
+    """:func:`run_folder`, decided by rank 0 and the same on every rank of a multi-process run (the
+    default name holds the time, which the ranks would not read alike); rank 0's refusal on all ranks."""
+    if world_size() < 2:
+        return run_folder(bundle_name, output)
+    decided: tuple[str | None, str | None, str | None] = (None, None, None)
+    if is_main():
+        try:
+            decided = (str(run_folder(bundle_name, output)), None, None)
+        except Exception as exc:  # noqa: BLE001 - sent to the other ranks, then raised on every rank
+            coded = find_medpipe_error(exc)
+            if coded is None:
+                raise
+            decided = (None, coded.code, coded.message)
+    folder, code, message = broadcast_object(decided)
+    if code is not None:
+        raise Code[code](message)
+    return Path(folder)
+
+
+def train_in_processes(bundle: str | Path, options: TrainOptions, nproc: int, *, echo: Any = print) -> None:
+    """``medpipe train --nproc N``: the same training in ``N`` processes under torchrun (this machine).
+
+    The run folder is decided here, once, and given to every process with ``--output``."""
+    if world_size() > 1:
+        raise Code.TRAIN_BAD_NPROC("--nproc inside torchrun: torchrun already started the processes; drop --nproc")
+    check_nproc(nproc, options.device)
+    layout = BundleLayout.open(bundle)
+    multi_gpu_config(layout.configs_dir)
+    if not options.resume:
+        options = replace(options, output=run_folder(layout.root.name, options.output))
+    echo(f"starting {nproc} training processes with torchrun (torch.distributed.run, standalone)")
+    launch(nproc, train_argv(bundle, options))
+
+
+def train_argv(bundle: str | Path, options: TrainOptions) -> list[str]:
+    """The ``medpipe train`` arguments that give ``options`` (what each torchrun process is started with)."""
+    argv = ["--bundle", str(bundle)]
+    for flag, value in (("--manifest", options.manifest), ("--max-epochs", options.max_epochs),
+                        ("--device", options.device), ("--output", options.output), ("--init-from", options.init_from),
+                        ("--seed", options.seed)):  # fmt: skip
+        if value is not None:
+            argv += [flag, str(value)]
+    for key, value in options.sets.items():
+        argv += ["--set", f"{key}={json.dumps(value)}"]
+    if options.freeze != "none":
+        argv += ["--freeze", options.freeze]
+    if options.pretrained_lr_scale != 1.0:
+        argv += ["--pretrained-lr-scale", repr(options.pretrained_lr_scale)]
+    argv += [flag for flag, on in (("--deterministic", options.deterministic), ("--resume", options.resume),
+                                   ("--verbose", options.verbose)) if on]  # fmt: skip
+    return argv
+
+
 def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: Any = print) -> dict[str, Any]:
     """Train ``bundle`` into a new run folder; returns the run record (also written as ``run.json``).
 
@@ -155,6 +227,11 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     """
     tune_malloc()  # freed activations stay in the heap: 1.15x per step on CPU (medpipe.perf)
     layout = BundleLayout.open(bundle)
+    processes = world_size()  # > 1 under torchrun: this is one rank of a DistributedDataParallel run
+    main = is_main()
+    layers = [multi_gpu_config(layout.configs_dir)] if processes > 1 else []
+    if processes > 1:
+        init_process_group(local_device(options.device))
     meta_version = json.loads(layout.metadata.read_text(encoding="utf-8")).get("version")
     transfer = {"init_from": None if options.init_from is None else str(options.init_from),
                 "freeze": options.freeze or "none", "pretrained_lr_scale": options.pretrained_lr_scale}  # fmt: skip
@@ -171,12 +248,17 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
         sets = {**options.sets, **({"seed": options.seed} if options.seed is not None else {}),
                 **({"deterministic": True} if options.deterministic else {})}  # fmt: skip
         overrides, user_ids = training_overrides(options.manifest, options.max_epochs, options.device, sets)
-        folder = run_folder(layout.root.name, options.output)
-    # Both ids a train config may save to point at the run folder, so no config can write into models/.
-    overrides["output_dir"] = overrides["ckpt_dir"] = str(folder)
+        if processes > 1 and options.device is not None:  # each rank its own GPU (cuda:LOCAL_RANK)
+            overrides["device"] = f"$distributed.local_device({options.device.strip().lower()[:4]!r})"
+        folder = agreed_run_folder(layout.root.name, options.output)
+    # Both ids a train config may save to point at the run folder, so no config can write into models/;
+    # the other ranks of a multi-process run write nothing into it (their writers get a scratch folder).
+    overrides["output_dir"] = overrides["ckpt_dir"] = rank_output_dir(str(folder))
     log: list[str] = []  # lines said before the run folder exists, written into its train.log after
 
     def say(line: str) -> None:
+        if not main:
+            return
         echo(line)
         if folder.is_dir():
             with open(folder / "train.log", "a", encoding="utf-8") as fp:
@@ -185,21 +267,34 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
         else:
             log.append(line)
 
-    wf = build_workflow(layout, "train", overrides, user_ids=[*user_ids], logging_conf=options.verbose)
+    wf = build_workflow(layout, "train", overrides, user_ids=[*user_ids], logging_conf=options.verbose, layers=layers)
     counts = check_training_data(wf)
+    short = {split: n for split, n in counts.items() if n < processes}
+    if short:
+        raise Code.TRAIN_BAD_NPROC(
+            f"{processes} processes need at least {processes} cases in each split (each process takes its share); "
+            f"this manifest has {', '.join(f'{n} {split}' for split, n in short.items())}"
+        )
     existed = folder.exists()
     try:
         if "crop_size" in wf.parser:  # a crop classifier: refuse a crop the network cannot take, now
-            check_crop_size(parsed(wf, "network"), parsed(wf, "crop_size"))
+            check_crop_size(bare_network(wf), parsed(wf, "crop_size"))
         if transfer["init_from"] is not None or transfer["freeze"] != "none" or transfer["pretrained_lr_scale"] != 1.0:
             prepare_transfer(wf, transfer["init_from"], transfer["freeze"], transfer["pretrained_lr_scale"], say)
         parsed(wf, "train::trainer")  # build every component now: config errors surface as CONFIG_INVALID
         checkpoint = resume_checkpoint(wf, folder)
         first = checkpoint.restore() + 1 if options.resume else 1
     except BaseException:
-        if not existed:  # a refused run leaves no folder behind (TensorBoard's writer may have made it)
+        if not existed and main:  # a refused run leaves no folder behind (TensorBoard's writer may have made it)
             shutil.rmtree(folder, ignore_errors=True)
         raise
+    if not main:  # a rank > 0: trains and validates its share; rank 0 checkpoints and reports
+        try:
+            wf.run()
+        finally:
+            wf.finalize()
+            shutil.rmtree(overrides["output_dir"], ignore_errors=True)
+        return {"rank_finished": True}
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint.attach()
     if not options.resume:
@@ -210,7 +305,7 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     say(
         f"training {layout.root.name}: {counts.get('train', '?')} training / "
         f"{counts.get('validate', '?')} validation cases, {parsed(wf, 'max_epochs')} epochs on "
-        f"{parsed(wf, 'device')}; run folder {_display(folder)}"
+        f"{parsed(wf, 'device')}{f' in {processes} processes (DDP)' if processes > 1 else ''}; run folder {_display(folder)}"
     )
     started = time.time()
     start = time.perf_counter()
@@ -280,6 +375,7 @@ def run_record(
         "best_epoch": metrics.get("best_epoch"),
         "epochs_completed": metrics.get("epochs_completed"),
         "seed": parsed(wf, "seed") if "seed" in wf.parser else None,
+        "processes": world_size(),
         "deterministic": bool(parsed(wf, "deterministic")) if "deterministic" in wf.parser else None,
         "model_sha256": file_sha256(weights) if weights.is_file() else None,
     }

@@ -74,14 +74,16 @@ def build_workflow(
     *,
     user_ids: Iterable[str] = (),
     logging_conf: bool = False,
+    layers: Iterable[str | Path] = (),
 ) -> ConfigWorkflow:
     """A checked ``ConfigWorkflow`` for ``workflow`` (``train``, ``evaluate``, ``inference`` or ``crop``).
 
     ``overrides`` are applied as MONAI overrides; those named in ``user_ids`` came from the user
-    (``--set``) and must exist in the configs.
+    (``--set``) and must exist in the configs. ``layers``: config files merged after the workflow's own
+    (``configs/multi_gpu.json`` for a run in several processes).
     """
     layout = bundle if isinstance(bundle, BundleLayout) else BundleLayout.open(bundle)
-    files = [str(p) for p in layout.workflow_configs(workflow)]
+    files = [str(p) for p in layout.workflow_configs(workflow)] + [str(p) for p in layers]
     overrides = dict(overrides or {})
     overrides.setdefault("bundle_root", str(layout.root))
 

@@ -40,6 +40,9 @@ from medpipe.cli.options import bundle_option, device_option, set_option
               help="Continue the run in --output from its last finished epoch (model, optimizer, scheduler, "
               "random states), with the options it was started with.")  # fmt: skip
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of every random draw (config id seed; default 0).")
+@click.option("--nproc", type=int, metavar="N",
+              help="Train in N processes on this machine (torchrun + DistributedDataParallel; the bundle's "
+              "configs/multi_gpu.json): one per GPU, or CPU processes with gloo.")  # fmt: skip
 @click.option("--deterministic", is_flag=True,
               help="Also use torch's deterministic algorithms (slower on GPU; CPU runs are deterministic with a seed).")  # fmt: skip
 @click.option(
@@ -61,6 +64,7 @@ def train(
     freeze: str,
     resume: bool,
     seed: int | None,
+    nproc: int | None,
     deterministic: bool,
     pretrained_lr_scale: float,
 ) -> None:
@@ -70,7 +74,7 @@ def train(
     train.log, config.json and run.json; the bundle's shipped weights are not touched (see promote).
     """
     from medpipe.bundle.overrides import parse_overrides
-    from medpipe.train import TrainOptions
+    from medpipe.train import TrainOptions, train_in_processes
     from medpipe.train import train as run_training
 
     options = TrainOptions(
@@ -78,6 +82,9 @@ def train(
         verbose=verbose, init_from=init_from, freeze=freeze, pretrained_lr_scale=pretrained_lr_scale,
         seed=seed, deterministic=deterministic, resume=resume, command=shlex.join(["medpipe", *sys.argv[1:]]),
     )  # fmt: skip
+    if nproc is not None:
+        train_in_processes(bundle, options, nproc, echo=click.echo)
+        return
     run_training(bundle, options, echo=click.echo)
 
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from medpipe.atomic import atomic_write_text
 from medpipe.bundle.model import predict_probabilities
 from medpipe.bundle.weights import load_weights
+from medpipe.distributed import unwrap
 from medpipe.errors import Code, look_up
 from medpipe.evaluate.metrics import classification_figures
 
@@ -156,7 +157,8 @@ class ValidationThreshold:
         criterion: str = "accuracy",
         validator: Any = None,
     ) -> None:
-        self.network, self.datalist, self.preprocessing = network, datalist, preprocessing
+        # a multi-process run gives the DDP wrapper; it runs on rank 0 only, so not through DDP's forward
+        self.network, self.datalist, self.preprocessing = unwrap(network), datalist, preprocessing
         self.inferer, self.device = inferer, device
         self.output_dir = Path(output_dir)
         self.checkpoint = Path(checkpoint) if checkpoint else self.output_dir / "model.pt"
