@@ -154,6 +154,10 @@ class Code(str, Enum):
         "TRAIN_DISTRIBUTED_FAILED", BundleError,
         "train under torchrun: a process of the run failed or the processes could not meet (rendezvous)",
     )  # fmt: skip
+    TRAIN_TRACKING_UNAVAILABLE = (
+        "TRAIN_TRACKING_UNAVAILABLE", BundleError,
+        "train --tracking: a tracker other than mlflow, or mlflow is not installed (medpipe[tracking])",
+    )  # fmt: skip
     INIT_SOURCE_NOT_FOUND = (
         "INIT_SOURCE_NOT_FOUND", BundleError,
         "train --init-from: no such file, or a bundle folder without models/model.pt",

@@ -15,6 +15,7 @@ validation checkpoint), ``training_metrics.json``, ``training_curve.png``, ``tra
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -42,7 +43,7 @@ from medpipe.distributed import (
     unwrap,
     world_size,
 )
-from medpipe.errors import Code, find_medpipe_error
+from medpipe.errors import Code, find_medpipe_error, look_up
 from medpipe.perf import tune_malloc
 from medpipe.resume import CHECKPOINT_FILE, record_resume, resume_checkpoint, resumed_run
 from medpipe.transfer import freeze as apply_freeze
@@ -144,6 +145,8 @@ class TrainOptions:
     deterministic: bool = False
     #: continue the run in ``output`` from its last finished epoch (:mod:`medpipe.resume`)
     resume: bool = False
+    #: ``"mlflow"``: MONAI's MLflow handlers log the run into ``<run folder>/mlruns.db``
+    tracking: str | None = None
     #: the command line, recorded in run.json (the CLI sets it)
     command: str | None = None
 
@@ -214,9 +217,41 @@ def train_argv(bundle: str | Path, options: TrainOptions) -> list[str]:
         argv += ["--freeze", options.freeze]
     if options.pretrained_lr_scale != 1.0:
         argv += ["--pretrained-lr-scale", repr(options.pretrained_lr_scale)]
+    if options.tracking:
+        argv += ["--tracking", options.tracking]
     argv += [flag for flag, on in (("--deterministic", options.deterministic), ("--resume", options.resume),
                                    ("--verbose", options.verbose)) if on]  # fmt: skip
     return argv
+
+
+TRACKERS = ("mlflow",)
+
+
+def tracking_settings(tracking: str | None, experiment: str, output_dir: str | Path) -> dict[str, Any] | None:
+    """MONAI's MLflow settings for ``--tracking mlflow`` (None without): its handlers on the trainer
+    (loss per iteration and epoch; at the end the config, the training curve and metrics as artifacts)
+    and on the validator (its metrics), logging into the run folder's ``mlruns.db`` (a local SQLite
+    store; ``mlflow ui --backend-store-uri sqlite:///RUN/mlruns.db`` shows it), experiment = bundle,
+    run = run folder name."""
+    if tracking is None:
+        return None
+    look_up(tracking, TRACKERS, what="--tracking", code=Code.TRAIN_TRACKING_UNAVAILABLE)
+    try:
+        import mlflow  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError as exc:
+        raise Code.TRAIN_TRACKING_UNAVAILABLE(
+            f"--tracking mlflow needs mlflow ({exc.name} is not installed): pip install 'medpipe[tracking]'"
+        ) from None
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    out = Path(output_dir)
+    settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
+    settings["configs"].update(experiment_name=experiment, run_name=out.name,
+                               save_execute_config=str(out / "config.json"))  # fmt: skip
+    settings["configs"]["trainer"]["artifacts"] = [str(out / n) for n in ("config.json", "training_curve.png",
+                                                                          "training_metrics.json")]  # fmt: skip
+    return settings
 
 
 def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: Any = print) -> dict[str, Any]:
@@ -267,7 +302,9 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
         else:
             log.append(line)
 
-    wf = build_workflow(layout, "train", overrides, user_ids=[*user_ids], logging_conf=options.verbose, layers=layers)
+    tracking = tracking_settings(options.tracking, layout.root.name, overrides["output_dir"])
+    wf = build_workflow(layout, "train", overrides, user_ids=[*user_ids], logging_conf=options.verbose,
+                        layers=layers, tracking=tracking)  # fmt: skip
     counts = check_training_data(wf)
     short = {split: n for split, n in counts.items() if n < processes}
     if short:

@@ -75,12 +75,14 @@ def build_workflow(
     user_ids: Iterable[str] = (),
     logging_conf: bool = False,
     layers: Iterable[str | Path] = (),
+    tracking: Mapping[str, Any] | None = None,
 ) -> ConfigWorkflow:
     """A checked ``ConfigWorkflow`` for ``workflow`` (``train``, ``evaluate``, ``inference`` or ``crop``).
 
     ``overrides`` are applied as MONAI overrides; those named in ``user_ids`` came from the user
     (``--set``) and must exist in the configs. ``layers``: config files merged after the workflow's own
-    (``configs/multi_gpu.json`` for a run in several processes).
+    (``configs/multi_gpu.json`` for a run in several processes). ``tracking``: MONAI's experiment-tracking
+    settings (``monai.bundle.utils.DEFAULT_MLFLOW_SETTINGS`` layout), patched in by ``ConfigWorkflow``.
     """
     layout = bundle if isinstance(bundle, BundleLayout) else BundleLayout.open(bundle)
     files = [str(p) for p in layout.workflow_configs(workflow)] + [str(p) for p in layers]
@@ -101,6 +103,7 @@ def build_workflow(
             meta_file=str(layout.metadata),
             logging_file=log_file,
             workflow_type=WORKFLOW_TYPES[workflow],
+            tracking=dict(tracking) if tracking else None,
             **overrides,
         )
         wf.initialize()

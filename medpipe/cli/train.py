@@ -40,6 +40,8 @@ from medpipe.cli.options import bundle_option, device_option, set_option
               help="Continue the run in --output from its last finished epoch (model, optimizer, scheduler, "
               "random states), with the options it was started with.")  # fmt: skip
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of every random draw (config id seed; default 0).")
+@click.option("--tracking", type=click.Choice(["mlflow"]),
+              help="Also log the run with MONAI's MLflow handlers into <run folder>/mlruns.db.")  # fmt: skip
 @click.option("--nproc", type=int, metavar="N",
               help="Train in N processes on this machine (torchrun + DistributedDataParallel; the bundle's "
               "configs/multi_gpu.json): one per GPU, or CPU processes with gloo.")  # fmt: skip
@@ -64,6 +66,7 @@ def train(
     freeze: str,
     resume: bool,
     seed: int | None,
+    tracking: str | None,
     nproc: int | None,
     deterministic: bool,
     pretrained_lr_scale: float,
@@ -80,7 +83,7 @@ def train(
     options = TrainOptions(
         manifest=manifest, max_epochs=max_epochs, device=device, sets=parse_overrides(sets), output=output,
         verbose=verbose, init_from=init_from, freeze=freeze, pretrained_lr_scale=pretrained_lr_scale,
-        seed=seed, deterministic=deterministic, resume=resume, command=shlex.join(["medpipe", *sys.argv[1:]]),
+        seed=seed, deterministic=deterministic, resume=resume, tracking=tracking, command=shlex.join(["medpipe", *sys.argv[1:]]),
     )  # fmt: skip
     if nproc is not None:
         train_in_processes(bundle, options, nproc, echo=click.echo)

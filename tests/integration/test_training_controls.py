@@ -40,3 +40,25 @@ def test_schedule_clipping_early_stop_and_disk_cache_from_the_command_line(
     state = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
     assert "early_stop" in state and state["early_stop"]["counter"] == len(history) - 1 - best
     assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.01
+
+
+def test_mlflow_tracking_logs_the_run_into_its_folder(tiny_dataset: Path, tmp_path: Path) -> None:
+    """``--tracking mlflow``: MONAI's MLflow handlers log the loss and the validation metric of every
+    epoch into the run folder's SQLite store, under the bundle's experiment and the run folder's name."""
+    import pytest
+
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is an optional dependency (medpipe[tracking])")
+    from medpipe.train import TrainOptions, train
+
+    folder = tmp_path / "tracked"
+    train(BUNDLE, TrainOptions(manifest=tiny_dataset, max_epochs=2, device="cpu", sets=TINY, output=folder,
+                               tracking="mlflow"), echo=lambda _: None)  # fmt: skip
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{folder / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("lung_nodule_ct")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
+    history = json.loads((folder / "training_metrics.json").read_text())["history"]
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_mean_dice")}
+    assert logged == pytest.approx({row["epoch"]: row["val_mean_dice"] for row in history}, abs=1e-6)
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.json", "training_curve.png", "training_metrics.json"}
