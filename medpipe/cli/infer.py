@@ -28,7 +28,13 @@ from medpipe.cli.options import (
               help="Mask formats, comma-separated: nifti, dicom-seg.")  # fmt: skip
 @click.option("--select", multiple=True, metavar="modality=CT",
               help="Process only these modalities (default: the bundle's input modality).")  # fmt: skip
-@click.option("--workers", type=click.IntRange(min=1), help="CPU threads (torch, header reading).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads: torch's (per worker with --workers/--scheduler) and DICOM header reading.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Run the series on a local Dask cluster of N worker processes (one series each at a time).")  # fmt: skip
+@click.option("--scheduler", metavar="tcp://HOST:PORT",
+              help="Send the series to a running Dask cluster; its workers must see the bundle, --input and "
+              "--output at the same paths.")  # fmt: skip
 @click.option("--shard", metavar="K/N",
               help="Only shard K of N of the series (a hash of each series id), e.g. one per SLURM array task; "
               "its reports are results-K-of-N.csv...; a run without --shard afterwards gathers them.")  # fmt: skip
@@ -44,7 +50,9 @@ def infer(
     classifier: str | None,
     formats: str,
     select: tuple[str, ...],
+    threads: int | None,
     workers: int | None,
+    scheduler: str | None,
     shard: str | None,
     device: str | None,
     weights: str | None,
@@ -57,8 +65,9 @@ def infer(
     """Run a segmentation bundle on every series of INPUT: mask, DICOM SEG, lesion table, preview.
 
     Writes OUT/<id>/ per series and results.csv, lesions.csv, failures.csv, summary.json. Re-running
-    skips series already done with the same bundle, weights and input. Exit status 0 when every series
-    succeeded, 4 when some failed (failures.csv), 3 when none could be processed.
+    skips series already done with the same bundle, weights and input. Series run one after another,
+    or on Dask with --workers N (this machine) or --scheduler (a running cluster). Exit status 0 when
+    every series succeeded, 4 when some failed (failures.csv), 3 when none could be processed.
     """
     from medpipe.bundle.overrides import parse_overrides
     from medpipe.infer.run import InferOptions, outcome
@@ -66,8 +75,8 @@ def infer(
 
     overrides = parse_overrides(sets)
     options = InferOptions(
-        formats=tuple(formats.split(",")), select=select, classifier=classifier, weights=weights, workers=workers,
-        device=device, overrides=overrides, user_ids=tuple(overrides),
+        formats=tuple(formats.split(",")), select=select, classifier=classifier, weights=weights, threads=threads,
+        workers=workers, scheduler=scheduler, device=device, overrides=overrides, user_ids=tuple(overrides),
         assembly=assembly(resample_gaps, correct_tilt, min_slices), show_paths=show_paths, shard=shard,
     )  # fmt: skip
     status = outcome(run_infer(bundle, input_path, output, options, echo=click.echo), output)

@@ -1,26 +1,25 @@
 """``medpipe infer``: a segmentation bundle over every series of a DICOM tree or NIfTI folder, nothing lost.
 
-Per series, one at a time (nothing of a series stays in memory once it is written): load it
+Per series (:mod:`medpipe.infer.task`; nothing of a series stays in memory once it is written): load it
 (:mod:`medpipe.infer.sources`), segment it with the bundle's shipped prediction path
 (:class:`~medpipe.bundle.model.BundleModel`, the same one ``medpipe evaluate`` scores), write its
-outputs (:mod:`medpipe.infer.series`) and last its done record (:mod:`medpipe.infer.records`).
+outputs (:mod:`medpipe.infer.series`) and last its done record (:mod:`medpipe.infer.records`). The
+series run one after another in this process, or with ``workers`` / ``scheduler`` on a Dask cluster
+(:mod:`medpipe.infer.cluster`); either way this process writes the run's reports as each series ends.
 
 A re-run skips a series whose record matches (same bundle version and weights, same input, same
 output options) and whose outputs exist, and processes the rest. A series that fails with a coded
-error, an unselected modality or out-of-memory gets a failures.csv row and the run goes on; anything
-else is a bug and stops the run (finished series keep their records, so the re-run resumes). Every
-name in the outputs is a hashed id; error messages are scrubbed of paths (:mod:`medpipe.privacy`)
-unless ``show_paths``.
+error, an unselected modality, out-of-memory or (on Dask) the death of its workers gets a failures.csv
+row and the run goes on; anything else is a bug and stops the run (finished series keep their records,
+so the re-run resumes). Every name in the outputs is a hashed id; error messages are scrubbed of paths
+(:mod:`medpipe.privacy`) unless ``show_paths``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
-import resource
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,19 @@ import torch
 from tqdm import tqdm
 
 from medpipe import __version__
-from medpipe.bundle.model import BundleModel
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions
-from medpipe.errors import EXIT_PARTIAL, Code, MedpipeError, look_up
-from medpipe.infer.classifier import CropClassifier
-from medpipe.infer.records import in_shard, outputs_exist, parse_shard, read_done, write_done, write_reports
-from medpipe.infer.series import process_series
-from medpipe.infer.sources import Source, discover, parse_select, refuse_unselected
-from medpipe.privacy import scrub
+from medpipe.errors import EXIT_PARTIAL, Code, look_up
+from medpipe.infer.records import in_shard, parse_shard, write_reports
+from medpipe.infer.sources import discover, parse_select, refuse_unselected
+from medpipe.infer.task import (
+    ModelSpec,
+    SeriesOutcome,
+    SeriesTask,
+    done_earlier,
+    peak_rss_mb,
+    release_memory,
+    run_series,
+)
 
 FORMATS = ("nifti", "dicom-seg")
 
@@ -53,7 +57,13 @@ class InferOptions:
     classifier: str | Path | None = None
     #: checkpoint or training-run folder (default: the bundle's shipped weights)
     weights: str | Path | None = None
+    #: CPU threads: torch's (per worker with ``workers``/``scheduler``; default: the CPUs shared among the
+    #: workers of a machine) and the processes reading DICOM headers (default: every CPU)
+    threads: int | None = None
+    #: run the series on a local Dask cluster of this many worker processes
     workers: int | None = None
+    #: ... or on the running Dask cluster whose scheduler has this address (``tcp://HOST:PORT``)
+    scheduler: str | None = None
     device: str | None = None
     #: config overrides and the ids among them the user named (which must exist)
     overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -66,45 +76,21 @@ class InferOptions:
     shard: str | None = None
 
 
-def release_memory() -> None:
-    """Return freed heap memory to the OS between series (glibc ``malloc_trim``; a no-op elsewhere).
-
-    numpy and torch free a series' large buffers, but glibc keeps freed heap pages (its mmap threshold
-    rises after the first large frees), so without this the resident size crept up by ~25 MB per
-    series (measured over 12 series, see docs/benchmarks.md).
-    """
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def on_dask(options: InferOptions) -> bool:
+    """Whether the run goes to a Dask cluster; ``INFER_BAD_WORKERS`` for workers < 1 or with a scheduler."""
+    workers = options.workers
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise Code.INFER_BAD_WORKERS(f"--workers {workers!r} must be an integer >= 1 (Dask worker processes)")
+    if workers is not None and options.scheduler is not None:
+        raise Code.INFER_BAD_WORKERS(
+            f"--workers {workers} starts a local Dask cluster and --scheduler {options.scheduler} uses a running "
+            "one: give one of the two"
+        )
+    return workers is not None or options.scheduler is not None
 
 
-def out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
-def _failure_code(exc: Exception) -> tuple[str, str] | None:
-    """(code, message) of a failure a run records and survives; None for a bug."""
-    if isinstance(exc, MedpipeError):
-        return exc.code, exc.message
-    if out_of_memory(exc):
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return Code.INFER_OUT_OF_MEMORY, f"out of memory ({type(exc).__name__}: {str(exc)[:200]})"
-    return None
-
-
-def _source_paths(source: Source) -> list[str]:
-    paths = [str(source.path)] if source.path is not None else []
-    return paths + ([s.path for s in source.stack.slices] if source.stack is not None else [])
+def _absolute(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 def infer(
@@ -129,25 +115,25 @@ def infer(
             f"--output {out} is inside --input {input_path}: a re-run would take the outputs for inputs; "
             "choose an output folder outside the input tree"
         )
-    if options.workers:
-        torch.set_num_threads(int(options.workers))
-    model = BundleModel.open(
-        bundle,
-        weights=options.weights,
-        device=options.device,
-        overrides=options.overrides,
-        user_ids=options.user_ids,
-    )
+    dask = on_dask(options)
+    if dask:  # the workers are other processes, maybe on other machines with another working directory
+        bundle, out, root = Path(str(_absolute(bundle))), out.resolve(), root.resolve()
+    elif options.threads:
+        torch.set_num_threads(int(options.threads))
+    spec = ModelSpec(
+        str(bundle), weights=_absolute(options.weights) if dask else options.weights, device=options.device,
+        overrides=tuple(dict(options.overrides).items()), user_ids=tuple(options.user_ids),
+        classifier=_absolute(options.classifier) if dask else options.classifier,
+    )  # fmt: skip
+    model, clf = spec.open()  # here too with Dask: a bad bundle or option fails before any cluster starts
     if not selected and model.modality:
         selected = {"modality": {model.modality}}
-    clf = None if options.classifier is None else CropClassifier.open(options.classifier, model.device)
-    found = discover(input_path, options.assembly, workers=options.workers)
+    found = discover(root, options.assembly, workers=options.threads)
     if shard is not None:
         found.sources[:] = [s for s in found.sources if in_shard(s.id, shard)]
         found.unreadable[:] = [u for u in found.unreadable if in_shard(u[0], shard)]
     for source in found.sources:
         refuse_unselected(source, selected)
-    out.mkdir(parents=True, exist_ok=True)
     record_base = {
         "bundle": model.name,
         "bundle_folder": model.layout.root.name,
@@ -157,23 +143,39 @@ def infer(
         "overrides": {k: str(v) for k, v in sorted(dict(options.overrides).items())},
         "classifier": None if clf is None else [clf.model.name, clf.model.version, clf.model.weights.sha256],
     }
-    echo(
-        f"infer {model.layout.root.name} {model.version} on {len(found.sources)} series"
-        f"{'' if shard is None else f' (shard {shard[0]} of {shard[1]})'} "
-        f"({', '.join(sorted(selected.get('modality', []))) or 'any modality'}) on {model.device}; "
-        f"weights {model.describe_weights()}"
-    )
-    results: list[dict[str, Any]] = []
-    lesions: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = [
+    tasks = [
+        SeriesTask(
+            s,
+            out / s.id,
+            {**record_base, "series": s.id, "fingerprint": s.fingerprint},
+            formats,
+            options.show_paths,
+            {"source": s.location(root)} if options.show_paths else {},
+        )
+        for s in found.sources
+    ]
+    earlier = {i: o for i, t in enumerate(tasks) if (o := done_earlier(t)) is not None}
+    todo = {i: t for i, t in enumerate(tasks) if i not in earlier}
+    # this process runs every series, or on Dask only those refused at discovery (nothing to send)
+    here = {i: t for i, t in todo.items() if not dask or t.source.error is not None}
+    remote = {i: t for i, t in todo.items() if i not in here}
+    outcomes: dict[int, SeriesOutcome] = {}
+    unreadable = [
         {"series": fid, "code": code, "message": "file cannot be read as DICOM: " + msg.split(": ", 1)[-1]}
         for fid, code, msg in found.unreadable
     ]
-    counts = {"done": 0, "skipped": 0, "failed": 0}
     start = time.perf_counter()
 
-    def summary() -> dict[str, Any]:
-        return {
+    def reports() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+        done = [outcomes[i] for i in sorted(outcomes)]  # in the order of the series, whoever finished first
+        results = [o.result for o in done]
+        lesions = [r for o in done for r in o.lesions]
+        failures = unreadable + [o.failure for o in done if o.failure is not None]
+        counts = {"done": 0, "skipped": 0, "failed": 0}
+        for o in done:
+            counts[{"ok": "done", "skipped": "skipped"}.get(o.status, "failed")] += 1
+        peak = max([peak_rss_mb()] + [o.result.get("peak_rss_mb") or 0.0 for o in done if o.status == "ok"])
+        summary = {
             "medpipe": __version__,
             **{k: v for k, v in record_base.items() if k != "overrides"},
             "weights": "shipped" if model.weights.shipped else "other (--weights)",
@@ -183,68 +185,59 @@ def infer(
             "lesions": sum(1 for r in lesions if not r.get("candidate")),
             "candidates": sum(1 for r in lesions if r.get("candidate")),
             "seconds": round(time.perf_counter() - start, 2),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_mb": round(peak, 1),  # of this process, or of the worker that peaked highest
             "failures": sorted({f["code"] for f in failures}),
         }
+        return results, lesions, failures, summary
 
-    def finish(series: str, status: str) -> None:
-        release_memory()  # nothing of this series is referenced any more
-        write_reports(out, summary(), results, lesions, failures, show_paths=options.show_paths, suffix=suffix)
-        if after_series:
-            after_series(series, status)
+    def write() -> dict[str, Any]:
+        results, lesions, failures, summary = reports()
+        write_reports(out, summary, results, lesions, failures, show_paths=options.show_paths, suffix=suffix)
+        return summary
 
-    try:
-        bar = tqdm(found.sources, desc="infer", unit="series", disable=not options.progress, leave=False)
-        for source in bar:
-            bar.set_postfix_str(source.id)
-            folder = out / source.id
-            where = {"source": source.location(root)} if options.show_paths else {}
-            record = {**record_base, "series": source.id, "fingerprint": source.fingerprint}
-            previous = read_done(folder)
-            if previous is not None and previous.get("record") == record and outputs_exist(folder, previous):
-                results.append(
-                    {**previous["result"], **where, "status": "ok", "note": "done earlier (skipped)"}
-                )
-                lesions += previous["lesions"]
-                counts["skipped"] += 1
-                finish(source.id, "skipped")
-                continue
-            t0 = time.perf_counter()
-            (folder / "done.json").unlink(missing_ok=True)  # a stale record must not vouch for new outputs
-            try:
-                if source.error is not None:
-                    raise source.error
-                result, rows = process_series(source, model, clf, formats, folder)
-            except Exception as exc:  # noqa: BLE001 - coded and out-of-memory errors are recorded; others re-raised
-                failed = _failure_code(exc)
-                if failed is None:
-                    raise
-                shutil.rmtree(folder, ignore_errors=True)  # no half set of outputs for a failed series
-                code, message = failed
-                if not options.show_paths:
-                    message = scrub(message, _source_paths(source), f"<series {source.id}>")
-                failures.append({"series": source.id, "code": code, "message": message})
-                results.append(
-                    {"series": source.id, "kind": source.kind, "modality": source.modality, "status": code,
-                     "seconds": round(time.perf_counter() - t0, 2), "note": message, **where}
-                )  # fmt: skip
-                counts["failed"] += 1
-                echo(f"{source.id}: {code}: {message}")
-                finish(source.id, code)
-                continue
-            result["seconds"] = round(time.perf_counter() - t0, 2)
-            result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-            write_done(folder, record, result, rows)
-            results.append({**result, **where})
-            lesions += rows
-            counts["done"] += 1
-            echo(f"{source.id}: {result['lesions']} lesion(s), {result['seconds']:.1f} s")
-            finish(source.id, "ok")
-    finally:
-        final = summary()
-        write_reports(out, final, results, lesions, failures, show_paths=options.show_paths, suffix=suffix)
+    with ExitStack() as stack:
+        runner = None
+        if remote:  # a cluster only when there is a series for it
+            from medpipe.infer import cluster  # here: the dask import (~1 s) only for a run that uses it
+
+            runner = stack.enter_context(
+                cluster.dask_runner(options.workers, options.scheduler, options.threads)
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        echo(
+            f"infer {model.layout.root.name} {model.version} on {len(found.sources)} series"
+            f"{'' if shard is None else f' (shard {shard[0]} of {shard[1]})'} "
+            f"({', '.join(sorted(selected.get('modality', []))) or 'any modality'}) on {model.device}; "
+            f"weights {model.describe_weights()}{'' if runner is None else f'; on {runner.describe}'}"
+        )
+        bar = stack.enter_context(
+            tqdm(total=len(tasks), desc="infer", unit="series", disable=not options.progress, leave=False)
+        )
+
+        def finish(i: int, outcome: SeriesOutcome) -> None:
+            outcomes[i] = outcome
+            if (line := outcome.line()) is not None:
+                echo(line)
+            release_memory()  # nothing of this series is referenced any more
+            write()
+            bar.update()
+            if after_series:
+                after_series(outcome.series, outcome.status)
+
+        try:
+            for i, outcome in earlier.items():
+                finish(i, outcome)
+            for i, task in here.items():
+                bar.set_postfix_str(task.source.id)
+                finish(i, run_series(task, model, clf))
+            if runner is not None:
+                for i, outcome in runner.run(remote, spec):
+                    bar.set_postfix_str(outcome.series)
+                    finish(i, outcome)
+        finally:
+            final = write()
     echo(
-        f"{counts['done']} done, {counts['skipped']} skipped (done earlier), {counts['failed']} failed "
+        f"{final['done']} done, {final['skipped']} skipped (done earlier), {final['failed']} failed "
         f"in {final['seconds']:.0f} s; reports in {out} (results{suffix}.csv, lesions{suffix}.csv, "
         f"failures{suffix}.csv, summary{suffix}.json)"
     )
