@@ -46,12 +46,21 @@ _OPENED: dict[str, tuple[BundleModel, CropClassifier | None]] = {}
 _ONE_SERIES = threading.Lock()
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (a SLURM allocation or a container's limit, not the whole machine)."""
+def usable_cpus() -> tuple[int, ...]:
+    """The CPUs this process may run on (a SLURM allocation or a container's limit, not the whole machine)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return tuple(sorted(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        return tuple(range(os.cpu_count() or 1))
+
+
+def worker_threads(client: Client) -> dict[str, int]:
+    """torch threads of each worker now in the cluster: its CPUs shared among the workers of its host that
+    may run on the same CPUs (``dask worker --nworkers 4`` on a node: a quarter each; one worker per SLURM
+    task bound to its own CPUs: all of them)."""
+    cpus = client.run(usable_cpus)
+    sharing = Counter((get_address_host(a), c) for a, c in cpus.items())
+    return {a: max(1, len(c) // sharing[get_address_host(a), c]) for a, c in cpus.items()}
 
 
 def opened(spec: ModelSpec) -> tuple[BundleModel, CropClassifier | None]:
@@ -63,14 +72,12 @@ def opened(spec: ModelSpec) -> tuple[BundleModel, CropClassifier | None]:
     return _OPENED[key]
 
 
-def run_on_worker(
-    task: SeriesTask, spec: ModelSpec, threads: int | None, per_host: Mapping[str, int]
-) -> SeriesOutcome:
-    """The Dask task of one series. ``threads`` for torch (default: this process's CPUs shared among the
-    workers of its host, as the scheduler listed them when the task was submitted)."""
+def run_on_worker(task: SeriesTask, spec: ModelSpec, threads: int | Mapping[str, int]) -> SeriesOutcome:
+    """The Dask task of one series, with ``threads`` torch threads, or as many as ``threads`` maps this
+    worker to (:func:`worker_threads`; a worker that joined since takes all its CPUs)."""
     with _ONE_SERIES:
-        if threads is None:
-            threads = max(1, usable_cpus() // per_host.get(get_address_host(get_worker().address), 1))
+        if not isinstance(threads, int):
+            threads = threads.get(get_worker().address) or len(usable_cpus())
         torch.set_num_threads(threads)
         model, clf = opened(spec)
         try:
@@ -88,18 +95,12 @@ class DaskRunner:
 
     def run(self, tasks: Mapping[int, SeriesTask], spec: ModelSpec) -> Iterator[tuple[int, SeriesOutcome]]:
         """``(index, outcome)`` of every task, as they complete; a bug in a task is raised here."""
-        per_host = Counter(get_address_host(a) for a in self.client.nthreads())
+        threads = self.threads or worker_threads(self.client)
         run = uuid.uuid4().hex[:8]
         index = {}
         for i, task in tasks.items():
             future = self.client.submit(
-                run_on_worker,
-                task,
-                spec,
-                self.threads,
-                dict(per_host),
-                key=f"infer-{task.source.id}-{run}",
-                pure=False,
+                run_on_worker, task, spec, threads, key=f"infer-{task.source.id}-{run}", pure=False
             )
             index[future.key] = i
             self.futures.append(future)
@@ -125,7 +126,7 @@ class DaskRunner:
 
 def local_threads(workers: int, threads: int | None) -> int:
     """torch threads of each of ``workers`` local workers: ``threads``, or this machine's CPUs shared out."""
-    return threads or max(1, usable_cpus() // workers)
+    return threads or max(1, len(usable_cpus()) // workers)
 
 
 @contextmanager
