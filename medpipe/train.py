@@ -283,8 +283,6 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
         sets = {**options.sets, **({"seed": options.seed} if options.seed is not None else {}),
                 **({"deterministic": True} if options.deterministic else {})}  # fmt: skip
         overrides, user_ids = training_overrides(options.manifest, options.max_epochs, options.device, sets)
-        if processes > 1 and options.device is not None:  # each rank its own GPU (cuda:LOCAL_RANK)
-            overrides["device"] = f"$distributed.local_device({options.device.strip().lower()[:4]!r})"
         folder = agreed_run_folder(layout.root.name, options.output)
     # Both ids a train config may save to point at the run folder, so no config can write into models/;
     # the other ranks of a multi-process run write nothing into it (their writers get a scratch folder).
@@ -302,8 +300,11 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
         else:
             log.append(line)
 
+    built = dict(overrides)  # what the workflow is built with; ``overrides`` is what resume.json keeps
+    if processes > 1 and "device" in built:  # each rank its own GPU (cuda:LOCAL_RANK), or the CPU
+        built["device"] = f"$distributed.local_device({'cpu' if 'cpu' in str(built['device']) else 'cuda'!r})"
     tracking = tracking_settings(options.tracking, layout.root.name, overrides["output_dir"])
-    wf = build_workflow(layout, "train", overrides, user_ids=[*user_ids], logging_conf=options.verbose,
+    wf = build_workflow(layout, "train", built, user_ids=[*user_ids], logging_conf=options.verbose,
                         layers=layers, tracking=tracking)  # fmt: skip
     counts = check_training_data(wf)
     short = {split: n for split, n in counts.items() if n < processes}
@@ -325,9 +326,12 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
         if not existed and main:  # a refused run leaves no folder behind (TensorBoard's writer may have made it)
             shutil.rmtree(folder, ignore_errors=True)
         raise
+    # resuming a run whose every epoch is checkpointed trains nothing (ignite would start it over)
+    finished = options.resume and first > int(parsed(wf, "max_epochs"))
     if not main:  # a rank > 0: trains and validates its share; rank 0 checkpoints and reports
         try:
-            wf.run()
+            if not finished:
+                wf.run()
         finally:
             wf.finalize()
             shutil.rmtree(overrides["output_dir"], ignore_errors=True)
@@ -337,6 +341,11 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     if not options.resume:
         atomic_write_text(folder / "config.json", json.dumps(wf.parser.get(), indent=1, default=str) + "\n")
         record_resume(folder, overrides, user_ids, meta_version, transfer)
+    elif finished:
+        say(f"{_display(folder)} has trained all its {first - 1} epochs: nothing to resume")
+        if (folder / RUN_FILE).is_file():
+            wf.finalize()
+            return json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
     else:
         say(f"resuming {_display(folder)} at epoch {first} (from {CHECKPOINT_FILE})")
     say(
@@ -347,7 +356,8 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     started = time.time()
     start = time.perf_counter()
     try:
-        wf.run()
+        if not finished:
+            wf.run()
     except Exception as e:  # noqa: BLE001 - only coded errors are translated; anything else is a bug
         coded = find_medpipe_error(e)
         if coded is not None:

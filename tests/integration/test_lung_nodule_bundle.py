@@ -138,9 +138,13 @@ def test_one_seed_gives_the_same_weights_and_metrics(tiny_dataset: Path, tmp_pat
     assert not all(torch.equal(a["weights"][k], c["weights"][k]) for k in a["weights"])
 
 
-def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
+    tiny_dataset: Path, tmp_path: Path, loader_workers: int
+) -> None:
     """``medpipe train --resume``: a run SIGKILLed after its second epoch, resumed, ends bit-identical
-    (CPU) to the same run left alone: weights, best checkpoint and every epoch's figures."""
+    (CPU) to the same run left alone: weights, best checkpoint and every epoch's figures -- also with a
+    data-loader worker process (MONAI seeds each worker from torch's RNG, which the checkpoint restores)."""
     import os
     import signal
     import time
@@ -150,7 +154,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_datase
 
     epochs = 6
     args = ["train", "--bundle", str(BUNDLE), "--manifest", str(tiny_dataset), "--max-epochs", str(epochs),
-            "--device", "cpu"] + [x for s in TINY for x in ("--set", s)]  # fmt: skip
+            "--device", "cpu", "--set", f"num_workers={loader_workers}"] + [x for s in TINY for x in ("--set", s)]  # fmt: skip
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "medpipe", *args, "--output", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -181,6 +185,12 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_datase
     assert (killed / "model.pt").read_bytes() == (full / "model.pt").read_bytes()
     last = [torch.load(f / "checkpoint_last.pt", weights_only=True)["network"] for f in (killed, full)]
     assert all(torch.equal(last[0][k], last[1][k]) for k in last[1])
+    # resuming a finished run trains nothing and changes nothing (a re-submitted job is harmless)
+    results = ("model.pt", "checkpoint_last.pt", "training_metrics.json", "run.json", "training_curve.png")
+    before = {name: (killed / name).read_bytes() for name in results}
+    result = CliRunner().invoke(cli, ["train", "--bundle", str(BUNDLE), "--output", str(killed), "--resume"])
+    assert result.exit_code == 0 and "nothing to resume" in result.output, result.output
+    assert {name: (killed / name).read_bytes() for name in results} == before
     # bad input: coded errors, nothing overwritten
     for output in (None, tmp_path / "empty"):
         (tmp_path / "empty").mkdir(exist_ok=True)
