@@ -48,8 +48,9 @@ def test_two_processes_write_one_run_whose_metric_covers_every_validation_case(
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "in 2 processes (DDP)" in proc.stdout
-    # one run: rank 1 wrote nothing into it (one TensorBoard file, one checkpoint, one report)
-    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    # one run: rank 1 wrote nothing into it (rank 0's two TensorBoard files, training and validation;
+    # one checkpoint, one report)
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2
     assert sorted(p.name for p in folder.glob("*.pt")) == ["checkpoint_last.pt", "model.pt"]
     assert proc.stdout.count("epoch 3/3") == 1
     record = json.loads((folder / "run.json").read_text())

@@ -62,3 +62,35 @@ def test_mlflow_tracking_logs_the_run_into_its_folder(tiny_dataset: Path, tmp_pa
     assert logged == pytest.approx({row["epoch"]: row["val_mean_dice"] for row in history}, abs=1e-6)
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.json", "training_curve.png", "training_metrics.json"}
+
+
+def test_tensorboard_events_hold_the_loss_and_every_validation(tiny_dataset: Path, tmp_path: Path) -> None:
+    """MONAI's TensorBoard handlers write into the run folder: the training loss of every iteration and
+    the validation metric at the trainer's epoch, the figures of training_metrics.json."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from medpipe.train import TrainOptions, train
+
+    folder = tmp_path / "tb"
+    train(BUNDLE, TrainOptions(manifest=tiny_dataset, max_epochs=2, device="cpu", sets=TINY, output=folder),
+          echo=lambda _: None)  # fmt: skip
+    scalars: dict[str, dict[int, float]] = {}
+    for events in folder.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+    history = json.loads((folder / "training_metrics.json").read_text())["history"]
+    assert scalars["val_mean_dice"] == {r["epoch"]: approx(r["val_mean_dice"]) for r in history}
+    losses = scalars["train_loss"]  # by iteration; the report's epoch loss is their mean
+    per_epoch = len(losses) // len(history)
+    assert len(losses) == per_epoch * len(history) and per_epoch >= 1
+    for r in history:
+        steps = range((r["epoch"] - 1) * per_epoch + 1, r["epoch"] * per_epoch + 1)
+        assert sum(losses[s] for s in steps) / per_epoch == approx(r["loss"])
+
+
+def approx(value: float, rel: float = 1e-5):
+    import pytest
+
+    return pytest.approx(value, rel=rel, abs=1e-6)
