@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.utils import json_hashing
 from monai.engines.utils import IterationEvents
 from monai.handlers import EarlyStopHandler
 from monai.optimizers import WarmupCosineSchedule
@@ -174,5 +175,7 @@ def training_dataset(
                 "dataset_cache=disk needs cache_dir (--set cache_dir=/fast/disk/folder)"
             )
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(data, transform, cache_dir=cache_dir)
+        # keyed by the case and the deterministic transforms (their settings, or their names where those
+        # do not serialise), so a changed preprocessing does not read another one's cache
+        return PersistentDataset(data, transform, cache_dir=cache_dir, hash_transform=json_hashing)
     return Dataset(data, transform)

@@ -61,7 +61,11 @@ def test_mlflow_tracking_logs_the_run_into_its_folder(tiny_dataset: Path, tmp_pa
     logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_mean_dice")}
     assert logged == pytest.approx({row["epoch"]: row["val_mean_dice"] for row in history}, abs=1e-6)
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.json", "training_curve.png", "training_metrics.json"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "config.json",
+        "training_curve.png",
+        "training_metrics.json",
+    }
 
 
 def test_tensorboard_events_hold_the_loss_and_every_validation(tiny_dataset: Path, tmp_path: Path) -> None:

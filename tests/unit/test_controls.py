@@ -152,6 +152,10 @@ def test_dataset_caches(tmp_path):
     calls.clear()
     again = training_dataset(data, transform, "disk", cache_dir=tmp_path / "c")
     assert [float(d["v"]) for d in again] == [0, 2, 4, 6] and calls == []  # read from disk, not recomputed
+    other = training_dataset(
+        data, Compose([Lambdad("v", double), Lambdad("v", double)]), "disk", cache_dir=tmp_path / "c"
+    )
+    assert [float(d["v"]) for d in other] == [0, 4, 8, 12]  # another preprocessing: not the first one's cache
     assert isinstance(training_dataset(data, transform, "memory", cache_rate=0.5), CacheDataset)
     assert type(training_dataset(data, transform, "none")) is Dataset
     with pytest.raises(BundleError):
