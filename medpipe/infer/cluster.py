@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import dask
 import torch
@@ -35,9 +35,13 @@ from medpipe.bundle.model import BundleModel
 from medpipe.errors import Code
 from medpipe.infer.classifier import CropClassifier
 from medpipe.infer.task import ModelSpec, SeriesOutcome, SeriesTask, failed, release_memory, run_series
+from medpipe.perf import tune_malloc
 
 #: Seconds to wait for a ``--scheduler`` to answer.
 CONNECT_TIMEOUT_S = 10
+#: What Dask's nannies set by default (``distributed.nanny.pre-spawn-environ``) and ``--workers`` does not.
+MALLOC_ENV = "MALLOC_TRIM_THRESHOLD_"
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 #: The models this worker process opened, for the last spec only (a long-lived cluster serving runs of
 #: other bundles does not accumulate them).
@@ -67,6 +71,12 @@ def opened(spec: ModelSpec) -> tuple[BundleModel, CropClassifier | None]:
     """``spec.open()`` once per process: a worker reuses its models for every series it runs."""
     key = repr(spec)
     if key not in _OPENED:
+        if not _OPENED and MALLOC_ENV in os.environ:
+            # a worker a nanny started with Dask's default environment: its fixed trim threshold also fixes
+            # glibc's mmap threshold at 128 KiB, so every large array is a fresh mmap (each series took 1.9x
+            # as long here); keeping freed blocks for reuse undoes most of it (malloc_trim still runs after
+            # each series)
+            tune_malloc()
         _OPENED.clear()
         _OPENED[key] = spec.open()
     return _OPENED[key]
@@ -131,34 +141,43 @@ def local_threads(workers: int, threads: int | None) -> int:
 
 @contextmanager
 def dask_runner(workers: int | None, scheduler: str | None, threads: int | None) -> Iterator[DaskRunner]:
-    """A runner on a local cluster of ``workers`` processes, or on the cluster at ``scheduler``."""
-    cluster = None
-    if scheduler is not None:
-        try:
-            client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - whatever stops the connection, the scheduler is not usable
-            raise Code.INFER_SCHEDULER_UNREACHABLE(
-                f"--scheduler {scheduler}: no Dask scheduler answered within {CONNECT_TIMEOUT_S} s "
-                f"({type(exc).__name__}: {str(exc)[:200]}); start one (`dask scheduler`, dask-jobqueue) and "
-                "pass the address it prints, tcp://HOST:PORT"
-            ) from exc
-        describe = f"the Dask cluster at {scheduler} ({len(client.nthreads())} worker(s) now)"
-    else:
-        workers = int(workers or 1)
-        threads = local_threads(workers, threads)
-        # one series in flight per worker (no second one queued on a worker that may die with it)
-        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-            cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, silence_logs=logging.ERROR,
-            )  # fmt: skip
-        client = Client(cluster)
-        describe = f"{workers} local Dask worker(s) x {threads} thread(s)"
-    runner = DaskRunner(client, threads, describe)
-    try:
+    """A runner on a local cluster of ``workers`` processes, or on the cluster at ``scheduler``; on leaving,
+    the tasks not finished are cancelled and the client (and a local cluster) closed."""
+    with ExitStack() as stack:
+        if scheduler is not None:
+            try:
+                client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - whatever stops the connection, the scheduler is unusable
+                raise Code.INFER_SCHEDULER_UNREACHABLE(
+                    f"--scheduler {scheduler}: no Dask scheduler reached within {CONNECT_TIMEOUT_S} s "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); start one (`dask scheduler`, dask-jobqueue) "
+                    "and pass the address it prints, tcp://HOST:PORT"
+                ) from exc
+            stack.enter_context(client)
+            describe = f"the Dask cluster at {scheduler} ({len(client.nthreads())} worker(s) now)"
+        else:
+            workers = int(workers or 1)
+            threads = local_threads(workers, threads)
+            config = {
+                # one series in flight per worker (no second one queued on a worker that may die with it)
+                "distributed.scheduler.worker-saturation": 1.0,
+                # the environment of a plain process, with this worker's threads: Dask's default sets
+                # MALLOC_TRIM_THRESHOLD_ (see opened) and 1 thread for OpenMP, MKL and OpenBLAS
+                "distributed.nanny.pre-spawn-environ": {v: threads for v in THREAD_ENV},
+            }
+            with dask.config.set(config):
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        host="127.0.0.1",
+                        dashboard_address=None,
+                        silence_logs=logging.ERROR,
+                    )
+                )
+            client = stack.enter_context(Client(cluster))
+            describe = f"{workers} local Dask worker(s) x {threads} thread(s)"
+        runner = DaskRunner(client, threads, describe)
+        stack.callback(runner.cancel)
         yield runner
-    finally:
-        runner.cancel()
-        client.close()
-        if cluster is not None:
-            cluster.close()
