@@ -79,6 +79,18 @@ def test_two_processes_write_one_run_whose_metric_covers_every_validation_case(
     assert abs(single["best_metric"] - record["best_metric"]) < 0.1
 
 
+def test_torchrun_typed_by_hand_agrees_on_one_run_folder(six_cases: Path, tmp_path: Path) -> None:
+    """``torchrun -m medpipe train`` without ``--output``: the default folder name holds the time, so
+    rank 0 chooses it and the other rank takes it -- one folder, one run."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "medpipe",
+           "train", "--bundle", str(BUNDLE), "--manifest", str(six_cases), "--max-epochs", "1", "--device", "cpu"]  # fmt: skip
+    cmd += [x for k, v in SETS.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (folder,) = (tmp_path / "runs" / "lung_nodule_ct").iterdir()
+    assert json.loads((folder / "run.json").read_text())["processes"] == 2 and (folder / "model.pt").is_file()
+
+
 def invoke(*args: str):
     return CliRunner().invoke(cli, ["train", "--bundle", str(BUNDLE), *args])
 

@@ -89,6 +89,27 @@ def test_train_one_epoch_from_pretrained_with_frozen_backbone(crops, random_bund
     assert threshold["criterion"] == "youden" and threshold["epoch"] == 1
 
 
+def test_two_processes_train_a_frozen_classifier_and_rank_0_picks_the_threshold(crops, random_bundle, tmp_path):
+    """``--nproc 2`` with transfer learning: weights are loaded and frozen before DDP wraps the network
+    (so DDP reduces only the trainable ones), and the threshold is chosen once, on every validation case."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    args = ["train", "--bundle", str(random_bundle), "--manifest", str(crops), "--max-epochs", "2", "--device", "cpu",
+            "--set", "batch_size=4", "--init-from", str(random_bundle), "--freeze", "until:layer2", "--output", str(out),
+            "--nproc", "2"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "medpipe", *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["processes"] == 2
+    saved = torch.load(out / "model.pt", weights_only=True)
+    start = torch.load(random_bundle / "models" / "model.pt", weights_only=True)
+    assert torch.equal(saved["layer2.0.conv1.weight"], start["layer2.0.conv1.weight"])  # frozen
+    assert not torch.equal(saved["layer3.0.conv1.weight"], start["layer3.0.conv1.weight"])  # trained
+    threshold = json.loads((out / "threshold.json").read_text())
+    assert threshold["validation"]["n"] == SPLITS["validation"] and proc.stdout.count("epoch 2/2") == 1
+
+
 def test_train_refuses_bad_transfer_options(crops, random_bundle, tmp_path):
     from medpipe.train import TrainOptions, train
 

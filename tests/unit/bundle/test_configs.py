@@ -69,3 +69,25 @@ def test_configs_name_nothing_outside_their_bundle(config: Path) -> None:
     else:
         assert not [s for s in strings(content) if "../" in s], outside
     assert "$import glob" not in config.read_text()  # imported and never used (removed in 0.1.1 / 0.2.1)
+
+
+@pytest.mark.parametrize("bundle", sorted(p.parent.parent for p in REPO.glob("bundles/*/configs/train.json")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_every_bundle_has_a_multi_process_layer_that_fits_its_train_config(bundle: Path) -> None:
+    """configs/multi_gpu.json (``--nproc``): the ids it sets or references exist in the bundle's
+    train config, and the ``distributed.`` names it calls exist in medpipe.distributed."""
+    from monai.bundle import ConfigParser
+
+    import medpipe.distributed
+
+    layer = json.loads((bundle / "configs" / "multi_gpu.json").read_text())
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "common.json"), str(bundle / "configs" / "train.json")])
+    for key in layer:
+        parent = key.replace("#", "::").rsplit("::", 1)[0] if "#" in key else None
+        assert key in ("imports", "initialize", "finalize") or key in parser or (parent and parent in parser), key
+    for text in strings(layer):
+        for ref in re.findall(r"@([A-Za-z_][\w#:]*)", text):
+            assert ref.replace("#", "::") in parser or ref in {k for k in layer}, ref
+        for name in re.findall(r"\bdistributed\.([A-Za-z_]\w*)", text):
+            assert hasattr(medpipe.distributed, name), name
