@@ -304,17 +304,17 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
     if processes > 1 and "device" in built:  # each rank its own GPU (cuda:LOCAL_RANK), or the CPU
         built["device"] = f"$distributed.local_device({'cpu' if 'cpu' in str(built['device']) else 'cuda'!r})"
     tracking = tracking_settings(options.tracking, layout.root.name, overrides["output_dir"])
-    wf = build_workflow(layout, "train", built, user_ids=[*user_ids], logging_conf=options.verbose,
-                        layers=layers, tracking=tracking)  # fmt: skip
-    counts = check_training_data(wf)
-    short = {split: n for split, n in counts.items() if n < processes}
-    if short:
-        raise Code.TRAIN_BAD_NPROC(
-            f"{processes} processes need at least {processes} cases in each split (each process takes its share); "
-            f"this manifest has {', '.join(f'{n} {split}' for split, n in short.items())}"
-        )
     existed = folder.exists()
-    try:
+    try:  # everything up to here may be refused; a refused run leaves no folder behind
+        wf = build_workflow(layout, "train", built, user_ids=[*user_ids], logging_conf=options.verbose,
+                            layers=layers, tracking=tracking)  # fmt: skip
+        counts = check_training_data(wf)
+        short = {split: n for split, n in counts.items() if n < processes}
+        if short:
+            raise Code.TRAIN_BAD_NPROC(
+                f"{processes} processes need at least {processes} cases in each split (each process takes its "
+                f"share); this manifest has {', '.join(f'{n} {split}' for split, n in short.items())}"
+            )
         if "crop_size" in wf.parser:  # a crop classifier: refuse a crop the network cannot take, now
             check_crop_size(bare_network(wf), parsed(wf, "crop_size"))
         if transfer["init_from"] is not None or transfer["freeze"] != "none" or transfer["pretrained_lr_scale"] != 1.0:
@@ -323,8 +323,10 @@ def train(bundle: str | Path, options: TrainOptions = TrainOptions(), *, echo: A
         checkpoint = resume_checkpoint(wf, folder)
         first = checkpoint.restore() + 1 if options.resume else 1
     except BaseException:
-        if not existed and main:  # a refused run leaves no folder behind (TensorBoard's writer may have made it)
+        if not existed and main:  # TensorBoard's writer or MLflow's config export may have made it
             shutil.rmtree(folder, ignore_errors=True)
+        if not main:
+            shutil.rmtree(overrides["output_dir"], ignore_errors=True)  # this rank's scratch folder
         raise
     # resuming a run whose every epoch is checkpointed trains nothing (ignite would start it over)
     finished = options.resume and first > int(parsed(wf, "max_epochs"))

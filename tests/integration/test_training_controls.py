@@ -66,6 +66,14 @@ def test_mlflow_tracking_logs_the_run_into_its_folder(tiny_dataset: Path, tmp_pa
         "training_curve.png",
         "training_metrics.json",
     }
+    # a refused run leaves no folder, though MLflow's settings export the config when the workflow is built
+    from medpipe.errors import BundleError
+
+    sets = {**TINY, "grad_clip": -1}
+    with pytest.raises(BundleError):
+        train(BUNDLE, TrainOptions(manifest=tiny_dataset, max_epochs=2, device="cpu", sets=sets,
+                                   output=tmp_path / "refused", tracking="mlflow"), echo=lambda _: None)  # fmt: skip
+    assert not (tmp_path / "refused").exists()
 
 
 def test_tensorboard_events_hold_the_loss_and_every_validation(tiny_dataset: Path, tmp_path: Path) -> None:
