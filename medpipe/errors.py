@@ -212,6 +212,11 @@ class Code(str, Enum):
     MANIFEST_MISSING_FILES = (
         "MANIFEST_MISSING_FILES", ManifestError, "files of a split do not exist (the first 5 listed): set dataset_dir"
     )
+    MANIFEST_PATH_ESCAPES = (
+        "MANIFEST_PATH_ESCAPES", ManifestError,
+        "an entry's path resolves outside the dataset folder (../, absolute, symlink): "
+        '"allow_outside_dataset_dir": true in the manifest allows it',
+    )  # fmt: skip
     MANIFEST_UNPAIRED = (
         "MANIFEST_UNPAIRED", ManifestError, "manifest folder: images and labels that do not pair by file name"
     )
