@@ -340,7 +340,16 @@ class Code(str, Enum):
         "DICOM_NO_GEOMETRY", DicomError, "no ImagePositionPatient / ImageOrientationPatient / PixelSpacing"
     )
     DICOM_INVALID_ORIENTATION = (
-        "DICOM_INVALID_ORIENTATION", DicomError, "the direction cosines are not two orthogonal unit vectors"
+        "DICOM_INVALID_ORIENTATION", DicomError, "the direction cosines are not finite, orthogonal unit vectors"
+    )
+    DICOM_INVALID_POSITION = (
+        "DICOM_INVALID_POSITION", DicomError, "ImagePositionPatient is not three finite numbers"
+    )
+    DICOM_INVALID_SPACING = (
+        "DICOM_INVALID_SPACING", DicomError, "a PixelSpacing / slice spacing in use is not finite and positive"
+    )
+    DICOM_INVALID_RESCALE = (
+        "DICOM_INVALID_RESCALE", DicomError, "RescaleSlope is NaN, infinite or 0, or RescaleIntercept not finite"
     )
     DICOM_UNSUPPORTED_TRANSFER_SYNTAX = (
         "DICOM_UNSUPPORTED_TRANSFER_SYNTAX", DicomError, "pydicom has no installed decoder (the plugin is named)"

@@ -128,14 +128,14 @@ def stack_geometry(
         )
     if n == 0:
         raise Code.DICOM_TOO_FEW_SLICES("no slices")
-    if not (
-        np.isfinite(positions).all() and np.isfinite(orientations).all() and np.isfinite(pixel_spacings).all()
-    ):
-        raise Code.DICOM_NO_GEOMETRY("non-finite position, orientation or pixel spacing")
-    if (pixel_spacings <= 0).any():
-        raise Code.DICOM_NO_GEOMETRY(
-            f"PixelSpacing must be positive, found {pixel_spacings.min():g}"
-        )
+    # The same codes as medpipe.dicom.values, for callers that come here without SliceHeaders.
+    if not np.isfinite(positions).all():
+        raise Code.DICOM_INVALID_POSITION("ImagePositionPatient holds a non-finite number (NaN or inf)")
+    if not np.isfinite(orientations).all():
+        raise Code.DICOM_INVALID_ORIENTATION("ImageOrientationPatient holds a non-finite number (NaN or inf)")
+    if not (np.isfinite(pixel_spacings).all() and (pixel_spacings > 0).all()):
+        bad = pixel_spacings[~(np.isfinite(pixel_spacings) & (pixel_spacings > 0))][0]
+        raise Code.DICOM_INVALID_SPACING(f"PixelSpacing must be finite and positive, found {bad:g}")
 
     spread = np.abs(orientations - orientations[0]).max()
     if spread > 1e-3:

@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from medpipe.errors import Code
@@ -43,6 +44,15 @@ HEADER_TAGS = [
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
 ]  # fmt: skip
 NATIVE_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+#: Explicit VR Little Endian, zlib-deflated after the file meta: pixels are native once inflated.
+DEFLATED = "1.2.840.10008.1.2.1.99"
+#: The transfer syntax of a file without file meta (old ACR-NEMA style), from the encoding pydicom detected:
+#: (implicit VR, little endian) -> UID.
+_DETECTED_SYNTAX = {
+    (True, True): "1.2.840.10008.1.2",
+    (False, True): "1.2.840.10008.1.2.1",
+    (False, False): "1.2.840.10008.1.2.2",
+}
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,7 @@ class SliceHeader:
     pixel_representation: int
     samples_per_pixel: int
     number_of_frames: int
-    pixel_offset: int | None  # file offset of the Pixel Data element (None: no pixel data)
+    pixel_offset: int | None  # file offset of the Pixel Data element (None: none; 0 in a deflated file)
     padding_value: float | None  # PixelPaddingValue (stored units): the scanner's "outside the FOV" value
     problem: str | None = (
         None  # a code found without pixels: DICOM_NO_PIXEL_DATA, DICOM_CORRUPT_FILE (truncated)...
@@ -107,26 +117,36 @@ class FileResult:
     skipped: str | None = None  # "not DICOM", "DICOMDIR", "DICOM SEG"... (not an image series)
 
 
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
-    if value is None:
+    """``n`` numbers, or None when the element is absent or empty. A value that is there but is not ``n``
+    numbers becomes ``n`` NaNs, so validation refuses it (never mistaken for "absent")."""
+    if _blank(value):
         return None
     try:
-        out = tuple(float(v) for v in value)
+        out = tuple(float(v) for v in (value if isinstance(value, (list, tuple, MultiValue)) else [value]))
     except (TypeError, ValueError):
-        return None
-    if len(out) != n or not all(np.isfinite(out)):
-        return None
-    return out
+        return (float("nan"),) * n
+    return out if len(out) == n else (float("nan"),) * n
 
 
 def _float(value: Any, default: float | None) -> float | None:
-    if value is None or value == "":
+    """The number, ``default`` when absent or empty, NaN when present but not a number (refused later)."""
+    if _blank(value):
         return default
     try:
-        out = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        return default
-    return out if np.isfinite(out) else default
+        return float("nan")
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """For optional hints (PixelPaddingValue): a value that is not a finite number is ignored."""
+    out = _float(value, None)
+    return out if out is not None and np.isfinite(out) else None
 
 
 def _int(value: Any) -> int | None:
@@ -160,6 +180,9 @@ def _expected_pixel_bytes(ds: Dataset) -> int:
 
 def _pixel_problem(ds: Dataset, offset: int | None, size: int, transfer_syntax: str) -> str | None:
     """Detect a missing or truncated Pixel Data element without reading it."""
+    if transfer_syntax == DEFLATED:
+        # The file position says nothing inside the inflated stream: presence was checked on the dataset.
+        return None if offset is not None else Code.DICOM_NO_PIXEL_DATA
     if offset is None or size - offset < 8:
         return Code.DICOM_NO_PIXEL_DATA
     if transfer_syntax in NATIVE_TRANSFER_SYNTAXES:
@@ -169,25 +192,50 @@ def _pixel_problem(ds: Dataset, offset: int | None, size: int, transfer_syntax: 
     return None
 
 
+def may_lack_preamble(path: str) -> bool:
+    """Names under which a file without preamble + "DICM" is still read as DICOM: ".dcm" and the like,
+    no suffix, or UID-like "CT.1.2.840..." names (a ``notes.txt`` is never forced through the parser)."""
+    suffix = os.path.splitext(path)[1].lower()
+    return suffix in DICOM_SUFFIXES or suffix == "" or suffix[1:].isdigit()
+
+
+def dcmread(path: Any, *, force_ok: bool = True, **kwargs: Any) -> Dataset:
+    """``pydicom.dcmread`` that also reads files without the 128-byte preamble and "DICM" prefix.
+
+    Archive exports and old ACR-NEMA style files omit them but carry a valid dataset; dcm2niix, GDCM and
+    pydicom (``force=True``) read them. Without file meta the transfer syntax is the encoding pydicom
+    detected, written into ``file_meta`` so the pixel decoders (and :class:`SliceHeader`) know it.
+    """
+    try:
+        ds = pydicom.dcmread(path, **kwargs)
+    except InvalidDicomError:
+        if not force_ok:
+            raise
+        if hasattr(path, "seek"):
+            path.seek(0)
+        ds = pydicom.dcmread(path, force=True, **kwargs)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        encoding = ds.original_encoding if ds.original_encoding[0] is not None else (True, True)
+        ds.file_meta.TransferSyntaxUID = UID(_DETECTED_SYNTAX[encoding])  # type: ignore[index]
+    return ds
+
+
 def _read_dataset(path: str) -> tuple[Dataset, int | None, int]:
     """Parse the header; return it, the Pixel Data offset (None if absent) and the file size."""
     size = os.path.getsize(path)
     with open(path, "rb") as fp:
-        try:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-        except InvalidDicomError:
-            # No 128-byte preamble + "DICM": old ACR-NEMA style files still carry a valid dataset. Only tried
-            # for names that may be DICOM (".dcm", no suffix, or UID-like "CT.1.2.840..." names).
-            suffix = os.path.splitext(path)[1].lower()
-            if not (suffix in DICOM_SUFFIXES or suffix == "" or suffix[1:].isdigit()):
-                raise
-            fp.seek(0)
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True, specific_tags=HEADER_TAGS)
+        ds = dcmread(fp, force_ok=may_lack_preamble(path), stop_before_pixels=True, specific_tags=HEADER_TAGS)
         pos = fp.tell()
         tag_bytes = fp.read(4)
     offset = None
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    if syntax == DEFLATED:
+        # pydicom inflated the rest of the file into memory, so ``fp`` is at its end: look for Pixel Data
+        # in the inflated dataset instead (deflated files are rare; the second parse is the price).
+        inflated = dcmread(path, force_ok=may_lack_preamble(path), specific_tags=["PixelData"])
+        return ds, (0 if "PixelData" in inflated else None), size
     if len(tag_bytes) == 4:
-        little = ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2") != "1.2.840.10008.1.2.2"
+        little = syntax != "1.2.840.10008.1.2.2"
         group, elem = np.frombuffer(tag_bytes, dtype="<u2" if little else ">u2")
         if (int(group), int(elem)) == (0x7FE0, 0x0010):
             offset = pos
@@ -235,7 +283,7 @@ def read_file(path: str) -> FileResult:
 
 
 def _slices_of(ds: Dataset, path: str, offset: int | None, size: int, sop_class: str) -> list[SliceHeader]:
-    transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+    transfer_syntax = str(ds.file_meta.TransferSyntaxUID)  # set by dcmread() when the file has no meta
     n_frames = _int(ds.get("NumberOfFrames", 1)) or 1
     common = dict(
         path=path,
@@ -253,7 +301,7 @@ def _slices_of(ds: Dataset, path: str, offset: int | None, size: int, sop_class:
         samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
         number_of_frames=n_frames,
         pixel_offset=offset,
-        padding_value=_float(ds.get("PixelPaddingValue"), None),
+        padding_value=_finite_or_none(ds.get("PixelPaddingValue")),
         problem=_pixel_problem(ds, offset, size, transfer_syntax),
     )
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
@@ -271,8 +319,10 @@ def _slices_of(ds: Dataset, path: str, offset: int | None, size: int, sop_class:
                 pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
                 slice_thickness=_float(ds.get("SliceThickness"), None),
                 spacing_between_slices=_float(ds.get("SpacingBetweenSlices"), None),
-                slope=_float(ds.get("RescaleSlope"), 1.0) or 1.0,
-                intercept=_float(ds.get("RescaleIntercept"), 0.0) or 0.0,
+                # Absent means identity; a value that is there is kept as read (NaN, 0...) and refused by
+                # medpipe.dicom.values before any pixel is scaled by it.
+                slope=_float(ds.get("RescaleSlope"), 1.0),  # type: ignore[arg-type]
+                intercept=_float(ds.get("RescaleIntercept"), 0.0),  # type: ignore[arg-type]
                 stack_key="",
                 **common,
             )
@@ -296,14 +346,8 @@ def _slices_of(ds: Dataset, path: str, offset: int | None, size: int, sop_class:
                 pixel_spacing=_floats(meas.get("PixelSpacing"), 2) if meas else None,  # type: ignore[arg-type]
                 slice_thickness=_float(meas.get("SliceThickness"), None) if meas else None,
                 spacing_between_slices=_float(meas.get("SpacingBetweenSlices"), None) if meas else None,
-                slope=(_float(pvt.get("RescaleSlope"), 1.0) if pvt else _float(ds.get("RescaleSlope"), 1.0))
-                or 1.0,
-                intercept=(
-                    _float(pvt.get("RescaleIntercept"), 0.0)
-                    if pvt
-                    else _float(ds.get("RescaleIntercept"), 0.0)
-                )
-                or 0.0,
+                slope=_float((pvt or ds).get("RescaleSlope"), 1.0),  # type: ignore[arg-type]
+                intercept=_float((pvt or ds).get("RescaleIntercept"), 0.0),  # type: ignore[arg-type]
                 stack_key=f"{ds.SOPInstanceUID}/{stack_id}",
                 **common,
             )

@@ -31,6 +31,7 @@ from medpipe.dicom.geometry import (
     stack_geometry,
 )
 from medpipe.dicom.headers import FileProblem, FileResult, SliceHeader, read_file, transfer_syntax_problem
+from medpipe.dicom.values import check_values
 from medpipe.errors import Code, DicomError
 from medpipe.privacy import series_id
 
@@ -169,6 +170,8 @@ def _orientation_clusters(slices: Iterable[SliceHeader], tol: float = 1e-3) -> d
     groups: dict[int, list[SliceHeader]] = defaultdict(list)
     for s in slices:
         ori = None if s.orientation is None else np.asarray(s.orientation)
+        if ori is not None and not np.isfinite(ori).all():
+            ori = None  # damaged (NaN) cosines cluster with the absent ones; the stack is then refused
         for i, rep in enumerate(reps):
             if (rep is None and ori is None) or (
                 rep is not None and ori is not None and np.abs(rep - ori).max() <= tol
@@ -254,13 +257,15 @@ def validate_stack(stack: Stack, options: AssemblyOptions) -> None:
                 Code.DICOM_NO_GEOMETRY: "are multi-frame images without per-frame positions (no functional groups)",
             }.get(code, "are unusable")
             raise Code(code)(f"{count} of {len(slices)} images {what}")
-        ts_problem = transfer_syntax_problem(slices[0].transfer_syntax)
-        if ts_problem:
-            raise Code.DICOM_UNSUPPORTED_TRANSFER_SYNTAX(ts_problem)
+        for syntax in sorted({s.transfer_syntax for s in slices}):  # one image of another syntax is enough
+            ts_problem = transfer_syntax_problem(syntax)
+            if ts_problem:
+                raise Code.DICOM_UNSUPPORTED_TRANSFER_SYNTAX(ts_problem)
         if slices[0].samples_per_pixel != 1:
             raise Code.DICOM_UNSUPPORTED_IMAGE(
                 f"{slices[0].samples_per_pixel} samples per pixel (colour); only greyscale volumes are supported",
             )
+        check_values(slices)  # NaN / zero / negative numbers: refused before any is used
         missing = [
             s for s in slices if s.position is None or s.orientation is None or s.pixel_spacing is None
         ]

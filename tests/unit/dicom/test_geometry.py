@@ -35,7 +35,7 @@ REPAIR = AssemblyOptions(min_slices=1, resample_gaps=True, correct_tilt=True)
 GEOMETRY_CODES = {
     "DICOM_TOO_FEW_SLICES", "DICOM_NO_GEOMETRY", "DICOM_INVALID_ORIENTATION", "DICOM_MIXED_ORIENTATION",
     "DICOM_INCONSISTENT_SLICES", "DICOM_DUPLICATE_POSITION", "DICOM_GANTRY_TILT", "DICOM_MISSING_SLICES",
-    "DICOM_INCONSISTENT_SPACING",
+    "DICOM_INCONSISTENT_SPACING", "DICOM_INVALID_POSITION", "DICOM_INVALID_SPACING",
 }  # fmt: skip
 
 
@@ -368,12 +368,12 @@ def _call(positions, orientation, spacing=(0.5, 0.5), options=LENIENT, orientati
         (LINE, [1, 0, 0, 1, 0, 0], (0.5, 0.5), "DICOM_INVALID_ORIENTATION"),  # parallel cosines
         (LINE, [1, 0, 0, -1, 0, 0], (0.5, 0.5), "DICOM_INVALID_ORIENTATION"),  # anti-parallel
         (LINE, [1, 0, 0, 0.5, 0.866, 0], (0.5, 0.5), "DICOM_INVALID_ORIENTATION"),  # 60 degrees apart
-        (LINE, [float("nan"), 0, 0, 0, 1, 0], (0.5, 0.5), "DICOM_NO_GEOMETRY"),
-        (LINE, [float("inf"), 0, 0, 0, 1, 0], (0.5, 0.5), "DICOM_NO_GEOMETRY"),
-        (np.where(LINE == 2.0, np.nan, LINE), AXIAL, (0.5, 0.5), "DICOM_NO_GEOMETRY"),
-        (LINE, AXIAL, (float("nan"), 0.5), "DICOM_NO_GEOMETRY"),
-        (LINE, AXIAL, (0.0, 0.5), "DICOM_NO_GEOMETRY"),
-        (LINE, AXIAL, (0.5, -0.5), "DICOM_NO_GEOMETRY"),
+        (LINE, [float("nan"), 0, 0, 0, 1, 0], (0.5, 0.5), "DICOM_INVALID_ORIENTATION"),
+        (LINE, [float("inf"), 0, 0, 0, 1, 0], (0.5, 0.5), "DICOM_INVALID_ORIENTATION"),
+        (np.where(LINE == 2.0, np.nan, LINE), AXIAL, (0.5, 0.5), "DICOM_INVALID_POSITION"),
+        (LINE, AXIAL, (float("nan"), 0.5), "DICOM_INVALID_SPACING"),
+        (LINE, AXIAL, (0.0, 0.5), "DICOM_INVALID_SPACING"),
+        (LINE, AXIAL, (0.5, -0.5), "DICOM_INVALID_SPACING"),
         (np.zeros((4, 3)), AXIAL, (0.5, 0.5), "DICOM_DUPLICATE_POSITION"),  # all positions equal
         (np.zeros((0, 3)), AXIAL, (0.5, 0.5), "DICOM_TOO_FEW_SLICES"),  # no slice at all
         # positions along the row direction: every slice lies in the same plane
@@ -460,12 +460,36 @@ def field_values(draw, count: int) -> str:
 
 
 def _expected(text: str, count: int) -> tuple[float, ...] | None:
+    """None when blank (absent); else the numbers, or ``count`` NaNs when not ``count`` numbers."""
     parts = text.split("\\") if text.strip() else []
+    if not parts:
+        return None
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
-        return None
-    return values if len(values) == count and all(math.isfinite(v) for v in values) else None
+        return (math.nan,) * count
+    return values if len(values) == count else (math.nan,) * count
+
+
+def _same(a: tuple[float, ...] | float | None, b: tuple[float, ...] | float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(np.asarray(a, float), np.asarray(b, float), equal_nan=True))
+
+
+def _usable(values: tuple[float, ...] | None, positive: bool = False, nonzero: bool = False) -> bool:
+    if values is None:
+        return True  # absent: a default or DICOM_NO_GEOMETRY, not a damaged value
+    v = np.asarray(values, float)
+    return bool(np.isfinite(v).all() and (not positive or (v > 0).all()) and (not nonzero or (v != 0).all()))
+
+
+VALUE_CODES = {
+    "DICOM_INVALID_RESCALE",
+    "DICOM_INVALID_SPACING",
+    "DICOM_INVALID_POSITION",
+    "DICOM_INVALID_ORIENTATION",
+}
 
 
 def _set_raw(ds: pydicom.Dataset, tag: int, vr: str, text: str) -> None:
@@ -488,7 +512,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_header_fields_parse_or_become_unknown(template: Path, tmp_path_factory, data: st.DataObject) -> None:
-    """Any text in the geometry/rescale fields: read_file never raises; numbers parse, the rest is None/default."""
+    """Any text in the geometry/rescale fields: read_file never raises; blank is absent (None/default), a
+    number parses, anything else is kept as NaN -- and the scan refuses every damaged value with its code."""
     ds = pydicom.dcmread(template)
     texts = {kw: data.draw(field_values(count), label=kw) for kw, (_, count) in DS_TAGS.items()}
     instance = data.draw(st.sampled_from(["7", " 12 ", "", "x1", "1.5", "-3"]), label="InstanceNumber")
@@ -501,13 +526,14 @@ def test_header_fields_parse_or_become_unknown(template: Path, tmp_path_factory,
     result = read_file(str(path))
     assert result.problem is None and result.skipped is None
     (header,) = result.slices
-    assert header.position == _expected(texts["ImagePositionPatient"], 3)
-    assert header.orientation == _expected(texts["ImageOrientationPatient"], 6)
-    assert header.pixel_spacing == _expected(texts["PixelSpacing"], 2)
-    slope = _expected(texts["RescaleSlope"], 1)
-    intercept = _expected(texts["RescaleIntercept"], 1)
-    assert header.slope == (slope[0] if slope and slope[0] != 0 else 1.0)
-    assert header.intercept == (intercept[0] if intercept else 0.0)
+    expected = {kw: _expected(texts[kw], count) for kw, (_, count) in DS_TAGS.items()}
+    assert _same(header.position, expected["ImagePositionPatient"])
+    assert _same(header.orientation, expected["ImageOrientationPatient"])
+    assert _same(header.pixel_spacing, expected["PixelSpacing"])
+    # absent: the DICOM defaults; present: the number as written (NaN, 0 ... are refused, never defaulted)
+    slope, intercept = expected["RescaleSlope"], expected["RescaleIntercept"]
+    assert _same(header.slope, 1.0 if slope is None else slope[0])
+    assert _same(header.intercept, 0.0 if intercept is None else intercept[0])
     # an invalid IS becomes None; "1.5" (not an integer string) may be truncated: order never uses it
     allowed = {"7": {7}, " 12 ": {12}, "-3": {-3}, "1.5": {None, 1}}.get(instance, {None})
     assert header.instance_number in allowed
@@ -520,7 +546,16 @@ def test_header_fields_parse_or_become_unknown(template: Path, tmp_path_factory,
     scanned = scan(str(folder), LENIENT)
     assert len(scanned.stacks) == 1
     (stack,) = scanned.stacks
-    if stack.error is not None:
+    damaged = not (
+        _usable(expected["ImagePositionPatient"])
+        and _usable(expected["ImageOrientationPatient"])
+        and _usable(expected["PixelSpacing"], positive=True)
+        and _usable(slope, nonzero=True)
+        and _usable(intercept)
+    )
+    if damaged:  # a damaged number is refused with its own code before it is used
+        assert stack.error is not None and stack.error.code in VALUE_CODES, (texts, stack.error)
+    elif stack.error is not None:
         assert stack.error.code in GEOMETRY_CODES
     else:
         assert stack.geometry is not None
