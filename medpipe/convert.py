@@ -24,6 +24,7 @@ from medpipe.atomic import atomic_write_text, file_sha256
 from medpipe.data.images import is_nifti
 from medpipe.data.nifti import validate_nifti, write_nifti
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions
+from medpipe.dicom.headers import dcmread
 from medpipe.dicom.scan import Stack, scan
 from medpipe.dicom.volume import load_stack
 from medpipe.errors import EXIT_PARTIAL, Code, MedpipeError, NiftiError
@@ -59,20 +60,22 @@ def _json_value(value: Any) -> Any:
     for cast in (int, float):
         try:
             out = cast(value)
+            if cast is float and not np.isfinite(out):
+                return str(value)  # json.dumps would write NaN / Infinity, which is not JSON
             if str(out) == str(value).strip() or cast is float:
                 return out
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int("inf") overflows
             continue
     return str(value)
 
 
 def acquisition_sidecar(stack: Stack) -> dict[str, Any]:
     """Non-identifying acquisition fields of a stack's first image."""
-    import pydicom
     from pydicom.uid import UID
 
     first = stack.slices[0]
-    ds = pydicom.dcmread(first.path, stop_before_pixels=True, specific_tags=list(SIDECAR_FIELDS))
+    # headers.dcmread: also reads a file without preamble/"DICM" (which crashed here before)
+    ds = dcmread(first.path, stop_before_pixels=True, specific_tags=list(SIDECAR_FIELDS))
     out: dict[str, Any] = {"SeriesId": stack.id, "SOPClass": UID(first.sop_class_uid).name}
     for keyword in SIDECAR_FIELDS:
         value = ds.get(keyword)
@@ -123,11 +126,11 @@ def convert(
         for stack in stacks:
             try:
                 volume = load_stack(stack, options)
-                write_nifti(output / f"{stack.id}.nii.gz", volume.array, volume.affine_ras)
-                sidecar = acquisition_sidecar(stack) | {
+                sidecar = acquisition_sidecar(stack) | {  # before the NIfTI: a failure leaves neither
                     "VoxelSpacing": [round(v, 5) for v in volume.spacing],
                     "Shape": list(volume.array.shape),
                 }
+                write_nifti(output / f"{stack.id}.nii.gz", volume.array, volume.affine_ras)
                 atomic_write_text(output / f"{stack.id}.json", json.dumps(sidecar, indent=2) + "\n")
                 shape, spacing = list(volume.array.shape), [round(v, 4) for v in volume.spacing]
                 records.append(Converted(stack.id, "ok", None, f"{stack.id}.nii.gz", shape, spacing))

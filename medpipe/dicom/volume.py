@@ -1,9 +1,10 @@
 """Volume assembly: pixels of a validated stack -> one array with one affine.
 
 Pixels are decoded by pydicom's pixel handlers (every transfer syntax it has a decoder for: JPEG
-baseline/lossless, JPEG-LS, JPEG 2000 through pylibjpeg, RLE natively). Uncompressed little-endian
-slices -- most CT and MR -- skip a second header parse: the scan recorded where Pixel Data starts, so
-the slice is one ``numpy.fromfile``. Rescale slope/intercept are applied per slice; the result stays
+baseline/lossless, JPEG-LS, JPEG 2000 through pylibjpeg, RLE, Deflated and Big Endian natively) and
+always land in native byte order. Uncompressed little-endian slices -- most CT and MR -- skip a second
+header parse: the scan recorded where Pixel Data starts, so the slice is one ``readinto``; every
+other syntax goes through ``pixel_array``, and the tests check both paths against ``pixel_array``. Rescale slope/intercept are applied per slice; the result stays
 integer when every slope and intercept is integral and the rescaled range fits, and is float32
 otherwise.
 """
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions, StackGeometry
-from medpipe.dicom.headers import SliceHeader
+from medpipe.dicom.headers import SliceHeader, dcmread
 from medpipe.dicom.resample import resample_to_regular_grid
 from medpipe.dicom.scan import ScanResult, Stack, scan, validate_stack
 from medpipe.errors import Code
@@ -93,9 +94,7 @@ def _read_native_into(s: SliceHeader, dest: np.ndarray) -> bool:
 
 
 def _decode_file(path: str) -> np.ndarray:
-    import pydicom
-
-    ds = pydicom.dcmread(path)
+    ds = dcmread(path)  # also without preamble/"DICM" (the scan already accepted the file)
     arr = ds.pixel_array
     return arr[None] if int(ds.get("NumberOfFrames", 1) or 1) == 1 else arr
 
@@ -141,7 +140,9 @@ def read_stored_pixels(slices: Sequence[SliceHeader], *, threads: int = 2) -> np
                             f"image {k + 1} decodes to {frame.shape}, its header says {(s.rows, s.columns)}",
                         )
                     if out is None:
-                        out = np.empty((len(slices), s.rows, s.columns), frame.dtype)
+                        # Native byte order: pydicom returns Explicit VR Big Endian pixels as ">u2", and
+                        # rescale() reinterprets the buffer in place (a view) -- that byte-swapped every HU.
+                        out = np.empty((len(slices), s.rows, s.columns), frame.dtype.newbyteorder("="))
                     elif not np.can_cast(frame.dtype, out.dtype, "safe"):
                         out = out.astype(np.result_type(out.dtype, frame.dtype))
                     out[k] = frame
@@ -167,7 +168,7 @@ def rescale(stored: np.ndarray, slices: Sequence[SliceHeader]) -> np.ndarray:
         for dtype in (np.int16, np.int32):
             info = np.iinfo(dtype)
             if ends.min() >= info.min and ends.max() <= info.max:
-                same_width = stored.dtype.itemsize == np.dtype(dtype).itemsize
+                same_width = stored.dtype.itemsize == np.dtype(dtype).itemsize and stored.dtype.isnative
                 fits = lo >= info.min and hi <= info.max
                 out = stored.view(dtype) if same_width and fits else stored.astype(dtype)
                 if not (slopes == 1).all():
