@@ -311,6 +311,10 @@ class Code(str, Enum):
     )  # fmt: skip
     NIFTI_INVALID = "NIFTI_INVALID", NiftiError, "a NIfTI file cannot be used (no more specific code)"
     NIFTI_UNREADABLE = "NIFTI_UNREADABLE", NiftiError, "a NIfTI file is unreadable or truncated"
+    NIFTI_TOO_LARGE = (
+        "NIFTI_TOO_LARGE", NiftiError,
+        "the header claims more voxel bytes than 4 GiB, a dimension over 32767 or an extension over 64 MiB (refused unread)",
+    )  # fmt: skip
     NIFTI_NOT_3D = "NIFTI_NOT_3D", NiftiError, "a NIfTI image has more than three non-singleton dimensions"
     NIFTI_NO_ORIENTATION = (
         "NIFTI_NO_ORIENTATION", NiftiError, "qform_code = sform_code = 0: the orientation in the patient is unknown"
