@@ -21,8 +21,9 @@ from pydicom.filewriter import dcmwrite
 from medpipe.cli import cli
 from medpipe.dicom.headers import read_file
 from medpipe.dicom.scan import scan
-from medpipe.dicom.volume import load_dicom
+from medpipe.dicom.volume import load_dicom, load_stack
 from medpipe.dicom.writer import write_ct_series
+from medpipe.infer.sources import discover
 
 IMAGE = np.random.default_rng(5).integers(-1000, 1500, (14, 10, 4)).astype(np.int16)
 IMAGE[0] = -2500  # signed storage
@@ -74,6 +75,9 @@ def test_file_without_preamble_reads_like_the_intact_one(tmp_path, damage, name)
     (stack,) = scan(str(folder)).stacks
     assert stack.ok, stack.error
     np.testing.assert_array_equal(load_dicom(folder).array, IMAGE)
+    (source,) = discover(folder).sources  # `medpipe infer`'s discovery
+    assert source.kind == "dicom" and source.error is None
+    np.testing.assert_array_equal(load_stack(source.stack).array, IMAGE)
 
     ls = CliRunner().invoke(cli, ["dicom", "ls", str(folder)])
     assert ls.exit_code == 0 and "Traceback" not in ls.output and " ok" in ls.output, ls.output

@@ -218,3 +218,16 @@ def test_transfer_syntax_without_decoder_is_refused_by_name(tmp_path) -> None:
     assert not list((tmp_path / "out").glob("*.nii.gz"))
     items = json.loads((tmp_path / "out" / "conversion.json").read_text())["items"]
     assert [i["status"] for i in items] == ["DICOM_UNSUPPORTED_TRANSFER_SYNTAX"]
+
+
+def test_one_image_in_an_undecodable_syntax_refuses_the_series(tmp_path) -> None:
+    """Every syntax of a stack is checked at scan time, not only its first image's."""
+    files = _synthetic(tmp_path / "in")
+    ds = pydicom.dcmread(files[-1])
+    ds.PixelData = encapsulate([ds.PixelData])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = uid.MPEG2MPML
+    ds.save_as(files[-1], enforce_file_format=True)
+    (stack,) = scan(str(tmp_path / "in")).stacks
+    assert stack.error is not None and stack.error.code == "DICOM_UNSUPPORTED_TRANSFER_SYNTAX"
+    assert "MPEG2" in stack.error.message
