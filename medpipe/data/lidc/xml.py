@@ -10,10 +10,12 @@ unblinded read and holds:
 * ``unblindedReadNodule`` without characteristics and with one-point rois: a nodule under 3 mm;
 * ``nonNodule`` with one ``locus`` point: something a reader judged not to be a nodule.
 
-The file is parsed with :mod:`defusedxml` (no entity expansion, no external references: these files
-come from elsewhere). A file that is not LIDC XML is ``LIDC_XML_INVALID``; an annotation that cannot
-be used (a contour without points, a rating that is not a number) is skipped with a warning in
-:attr:`LidcRead.warnings`, never failing the whole file.
+The file is parsed with :mod:`defusedxml` and no DTD at all (LIDC files have none; a DTD is how entity
+expansion and external references come in, and these files come from elsewhere). A file that is not
+LIDC XML is ``LIDC_XML_INVALID``; an annotation that cannot be used (a contour without points, a
+coordinate or z that is not a finite number, a rating that is not a number) is skipped with a warning
+in :attr:`LidcRead.warnings`, never failing the whole file. No other exception comes out, whatever the
+bytes (``tests/unit/data/lidc/test_fuzz_xml.py``).
 """
 
 from __future__ import annotations
@@ -90,9 +92,23 @@ def _text(node: Element, name: str, default: str = "") -> str:
     return (found[0].text or "").strip() if found else default
 
 
+def _number(text: str) -> float:
+    """A finite float, else ValueError (``float`` takes "inf" and "nan")."""
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
 def _points(node: Element, name: str) -> np.ndarray:
-    pts = [(float(_text(p, "xCoord")), float(_text(p, "yCoord"))) for p in _children(node, name)]
+    pts = [(_number(_text(p, "xCoord")), _number(_text(p, "yCoord"))) for p in _children(node, name)]
     return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+
+
+def _z(node: Element) -> float:
+    """``imageZposition``: NaN when absent (the SOP UID places the slice), else a finite number."""
+    text = _text(node, "imageZposition")
+    return _number(text) if text else float("nan")
 
 
 def _contours(nodule: Element) -> tuple[Contour, ...]:
@@ -101,7 +117,7 @@ def _contours(nodule: Element) -> tuple[Contour, ...]:
         out.append(
             Contour(
                 sop_uid=_text(roi, "imageSOP_UID"),
-                z=float(_text(roi, "imageZposition", "nan")),
+                z=_z(roi),
                 inclusion=_text(roi, "inclusion", "TRUE").upper() != "FALSE",
                 points=_points(roi, "edgeMap"),
             )
@@ -113,8 +129,8 @@ def read_lidc_xml(path: str | Path) -> LidcRead:
     """Parse one LIDC XML file (see the module docstring)."""
     path = Path(path)
     try:
-        root = parse(str(path)).getroot()
-    except (OSError, ParseError, DefusedXmlException) as e:
+        root = parse(str(path), forbid_dtd=True).getroot()
+    except (OSError, ParseError, DefusedXmlException, LookupError, ValueError) as e:  # LookupError: encoding="x"
         raise Code.LIDC_XML_INVALID(f"{path.name} cannot be read as XML ({type(e).__name__}: {e})") from None
     if _local(root.tag) != "LidcReadMessage":
         raise Code.LIDC_XML_INVALID(
@@ -133,7 +149,7 @@ def read_lidc_xml(path: str | Path) -> LidcRead:
             try:
                 contours = _contours(nodule)
                 chars = _children(nodule, "characteristics")
-                ratings = {_local(c.tag): int(float(c.text)) for c in (chars[0] if chars else []) if c.text}
+                ratings = {_local(c.tag): int(_number(c.text)) for c in (chars[0] if chars else []) if c.text}
             except ValueError as e:
                 read.warnings.append(f"reader {reader} nodule {mark_id!r} skipped: unreadable value ({e})")
                 continue
@@ -147,7 +163,7 @@ def read_lidc_xml(path: str | Path) -> LidcRead:
         for non in _children(session, "nonNodule"):
             try:
                 contour = Contour(
-                    sop_uid=_text(non, "imageSOP_UID"), z=float(_text(non, "imageZposition", "nan")),
+                    sop_uid=_text(non, "imageSOP_UID"), z=_z(non),
                     inclusion=True, points=_points(non, "locus"),
                 )  # fmt: skip
             except ValueError as e:
