@@ -4,7 +4,8 @@
 * DATA_UNEXPECTED_LABELS: a label holds values other than the classes 0..num_classes-1.
 
 Headers are read for the geometry (NIfTI images; other inputs, such as DICOM folders, are checked when
-loaded); label voxels are read for the values.
+loaded); label voxels are read for the values. Files are opened with :func:`medpipe.data.nifti.open_nifti`,
+so a hostile header is a coded NiftiError before anything is allocated.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
+from medpipe.data.nifti import open_nifti, read_voxels
 from medpipe.errors import Code
 
 MAX_LISTED = 10
@@ -41,9 +42,9 @@ def check_labelled_cases(entries: Sequence[dict[str, Any]], num_classes: int, *,
             if isinstance(entry["label"], bool) or entry["label"] not in range(num_classes):
                 values.append(f"{_case(entry)} (class {entry['label']!r})")
             continue
-        label = nib.load(entry["label"])
+        label = open_nifti(entry["label"])  # a coded NiftiError, before allocation, for a hostile header
         if str(entry["image"]).endswith((".nii", ".nii.gz")):
-            image = nib.load(entry["image"])
+            image = open_nifti(entry["image"])
             if image.shape[:3] != label.shape[:3]:
                 geometry.append(f"{_case(entry)} (image {image.shape[:3]}, label {label.shape[:3]})")
                 continue
@@ -51,7 +52,7 @@ def check_labelled_cases(entries: Sequence[dict[str, Any]], num_classes: int, *,
                 shift = float(np.abs(image.affine - label.affine).max())
                 geometry.append(f"{_case(entry)} (affines differ by up to {shift:.3g} mm)")
                 continue
-        found = np.unique(np.asanyarray(label.dataobj))
+        found = np.unique(read_voxels(label, Path(entry["label"]).name))
         unexpected = [v for v in found.tolist() if v not in range(num_classes)]
         if unexpected:
             values.append(f"{_case(entry)} (values {unexpected[:5]})")

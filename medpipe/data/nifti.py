@@ -27,7 +27,7 @@ import numpy.typing as npt
 from medpipe.atomic import atomic_path
 from medpipe.errors import Code, NiftiError
 
-__all__ = ["validate_nifti", "write_nifti"]
+__all__ = ["open_nifti", "read_voxels", "validate_nifti", "write_nifti"]
 
 #: Largest voxel data a NIfTI file may claim: 4 GiB (a 512 x 512 x 2048 float32 CT is 2 GiB).
 MAX_NIFTI_BYTES = 4 * 2**30
@@ -131,6 +131,33 @@ def write_nifti(
     return path
 
 
+def open_nifti(path: str | Path, *, max_bytes: int | None = None) -> nib.Nifti1Pair:
+    """nibabel's lazy image of a NIfTI file whose header (and extensions) was checked against the file and
+    the bounds, no voxel read: NIFTI_UNREADABLE, NIFTI_TOO_LARGE or NIFTI_INVALID otherwise. The one way
+    medpipe opens a NIfTI it did not write (labels too: :mod:`medpipe.data.checks`)."""
+    name = Path(path).name
+    limit = MAX_NIFTI_BYTES if max_bytes is None else max_bytes
+    _check_extensions(Path(path), name, min(MAX_EXTENSION_BYTES, limit))
+    try:
+        image = nib.load(str(path))
+        if not isinstance(image, nib.Nifti1Pair):  # also Nifti1Image, Nifti2Image
+            raise TypeError(f"a {type(image).__name__} file, not NIfTI")
+        _check_claimed_size(name, image, limit)
+    except NiftiError:
+        raise
+    except Exception as e:  # nibabel raises many types on a corrupt or truncated file
+        raise Code.NIFTI_UNREADABLE(f"{name} cannot be read as NIfTI ({type(e).__name__}: {str(e)[:200]})") from e
+    return image
+
+
+def read_voxels(image: nib.Nifti1Pair, name: str) -> np.ndarray:
+    """The voxels of an :func:`open_nifti` image (scaled); NIFTI_UNREADABLE if the data is corrupt."""
+    try:
+        return np.asanyarray(image.dataobj)
+    except Exception as e:  # truncated gzip stream, short file...
+        raise Code.NIFTI_UNREADABLE(f"{name} cannot be read as NIfTI ({type(e).__name__}: {str(e)[:200]})") from e
+
+
 def validate_nifti(path: str | Path, *, max_bytes: int | None = None) -> nib.Nifti1Image:
     """Load a NIfTI and check it can be used as a 3-D volume; coded :class:`NiftiError` otherwise.
 
@@ -142,19 +169,8 @@ def validate_nifti(path: str | Path, *, max_bytes: int | None = None) -> nib.Nif
     Returns the image with trailing singleton dimensions dropped.
     """
     name = Path(path).name
-    _check_extensions(Path(path), name, min(MAX_EXTENSION_BYTES, MAX_NIFTI_BYTES if max_bytes is None else max_bytes))
-    try:
-        image = nib.load(str(path))
-        if not isinstance(image, nib.Nifti1Pair):  # also Nifti1Image, Nifti2Image
-            raise TypeError(f"a {type(image).__name__} file, not NIfTI")
-        _check_claimed_size(name, image, MAX_NIFTI_BYTES if max_bytes is None else max_bytes)
-        data = np.asanyarray(image.dataobj)
-    except NiftiError:
-        raise
-    except Exception as e:  # nibabel raises many types on a corrupt or truncated file
-        raise Code.NIFTI_UNREADABLE(
-            f"{name} cannot be read as NIfTI ({type(e).__name__}: {str(e)[:200]})"
-        ) from e
+    image = open_nifti(path, max_bytes=max_bytes)
+    data = read_voxels(image, name)
     if data.dtype.kind not in VOXEL_KINDS:  # scaling made them something else
         raise Code.NIFTI_INVALID(f"{name} holds {data.dtype} voxels; a volume needs integer or float voxels")
     if 0 in data.shape:

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from medpipe.data.checks import check_labelled_cases
 from medpipe.data.images import Image, read_image
 from medpipe.data.nifti import validate_nifti
 from medpipe.errors import NiftiError
@@ -225,3 +226,13 @@ def test_extension_of_a_real_size_is_kept(tmp_path: Path) -> None:
     image.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"a comment of some length"))
     nib.save(image, tmp_path / "e.nii.gz")
     assert len(validate_nifti(tmp_path / "e.nii.gz").header.extensions) == 1
+
+
+def test_label_checks_open_hostile_labels_with_the_same_guard(tmp_path: Path) -> None:
+    """check_labelled_cases read labels with nib.load: a label claiming 32767^3 voxels gave MemoryError."""
+    (tmp_path / "label.nii").write_bytes(claiming((32767, 32767, 32767)))
+    (tmp_path / "image.nii").write_bytes(claiming((32767, 32767, 32767)))
+    entry = {"image": str(tmp_path / "image.nii"), "label": str(tmp_path / "label.nii")}
+    with pytest.raises(NiftiError) as e:
+        check_labelled_cases([entry], 2, split="training")
+    assert e.value.code == "NIFTI_TOO_LARGE"
