@@ -33,13 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from medpipe.data.images import read_image
 from medpipe.data.manifest import load_manifest
-from medpipe.data.nifti import write_nifti
+from medpipe.data.nifti import open_nifti, read_voxels, write_nifti
 from medpipe.errors import Code
 from medpipe.lungs import lung_mask
 
@@ -88,12 +87,12 @@ def alpha_map(mask: np.ndarray, spacing: np.ndarray, feather_mm: float) -> np.nd
 
 
 def _read_crop(entry: Mapping[str, Any]) -> Crop:
-    image = nib.load(entry["image"])
-    mask = np.asarray(nib.load(entry["mask"]).dataobj) > 0
+    image = open_nifti(entry["image"])  # crops named by a manifest: headers checked before allocation
+    mask = read_voxels(open_nifti(entry["mask"]), Path(entry["mask"]).name) > 0
     spacing = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
     return Crop(
         str(entry.get("case_id", Path(entry["image"]).name)),
-        np.asarray(image.dataobj, dtype=np.float32),
+        np.asarray(read_voxels(image, Path(entry["image"]).name), dtype=np.float32),
         mask,
         spacing,
     )
