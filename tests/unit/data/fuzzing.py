@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 _CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 #: Default suite: a few dozen examples per target, a few seconds in all.
-SHORT = settings(max_examples=25, deadline=2000, suppress_health_check=_CHECKS, database=None)
+SHORT = settings(max_examples=50, deadline=2000, suppress_health_check=_CHECKS, database=None)
 #: ``-m slow``: thousands of examples per target.
 LONG = settings(max_examples=2000, deadline=5000, suppress_health_check=_CHECKS, database=None)
 #: Inputs tried per target in this process (printed at exit with ``pytest -s``).
