@@ -100,6 +100,15 @@ class Code(str, Enum):
     BUNDLE_MISSING_CONFIG = (
         "BUNDLE_MISSING_CONFIG", BundleError, "a config the command needs (e.g. train.json) is absent"
     )
+    BUNDLE_UNTRUSTED = (
+        "BUNDLE_UNTRUSTED", BundleError,
+        "a bundle from elsewhere whose configs would run code ($ expressions, _target_ outside monai./medpipe./"
+        "torch./ignite., imports, scripts/) that nobody trusted: medpipe trust DIR, or --trust-bundle",
+    )  # fmt: skip
+    BUNDLE_WEIGHTS_TAMPERED = (
+        "BUNDLE_WEIGHTS_TAMPERED", BundleError,
+        "the shipped models/ weights differ from the sha256 recorded in the bundle's metadata.json",
+    )  # fmt: skip
     BUNDLE_MISSING_PROPERTIES = (
         "BUNDLE_MISSING_PROPERTIES", BundleError,
         "config ids MONAI's bundle specification requires are absent (monai.bundle.properties)",

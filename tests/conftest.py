@@ -28,12 +28,14 @@ TINY_SPLITS = {"training": 2, "validation": 1, "test": 1}
 @pytest.fixture(scope="session", autouse=True)
 def _session_data_cache(tmp_path_factory: pytest.TempPathFactory):
     """Generated data (the bundles' default manifests) go to a per-session folder, never into the user's
-    cache, unless the environment sets MEDPIPE_DATA (e.g. to reuse data generated once)."""
-    if os.environ.get("MEDPIPE_DATA"):
-        yield
-        return
+    cache, unless the environment sets MEDPIPE_DATA (e.g. to reuse data generated once); the same for the
+    bundle trust store."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDPIPE_DATA", str(tmp_path_factory.mktemp("medpipe_data")))
+        # the bundle trust store of the tests is theirs, never the user's (medpipe.bundle.trust)
+        patch.setenv("MEDPIPE_TRUST_STORE", str(tmp_path_factory.mktemp("trust") / "trusted_bundles.json"))
+        patch.delenv("MEDPIPE_TRUST_BUNDLE", raising=False)
+        if not os.environ.get("MEDPIPE_DATA"):
+            patch.setenv("MEDPIPE_DATA", str(tmp_path_factory.mktemp("medpipe_data")))
         yield
 
 
@@ -49,3 +51,14 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest = root.parent / "manifest.json"
     manifest.write_text(json.dumps(manifest_content("data", TINY_SPLITS, with_generator=False)))
     return manifest
+
+
+def seal_weights(bundle: Path) -> None:
+    """Record ``models/model.pt``'s sha256 in the bundle's metadata.json, as ``medpipe promote`` does: a test
+    that puts other weights into a copied bundle ships them deliberately (medpipe.bundle.weights.check_shipped)."""
+    import hashlib
+
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["weights_sha256"] = {"model.pt": hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()}
+    meta_path.write_text(json.dumps(meta, indent=4))

@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from medpipe.bundle.trust import CONFIG_EXTS, check_trust
 from medpipe.errors import Code
 
-CONFIG_EXTS = (".json", ".yaml", ".yml")
 #: Layers of each workflow, in merge order (``common`` is optional for bundles that do not split).
 WORKFLOW_LAYERS: dict[str, tuple[str, ...]] = {
     "train": ("common", "train"),
@@ -40,7 +40,8 @@ class BundleLayout:
 
     @classmethod
     def open(cls, path: str | Path) -> BundleLayout:
-        """Validate that ``path`` is a bundle folder (raises ``BUNDLE_NOT_FOUND``/``BUNDLE_NO_CONFIGS``)."""
+        """Validate that ``path`` is a bundle folder (``BUNDLE_NOT_FOUND``/``BUNDLE_NO_CONFIGS``) that may run
+        here (``BUNDLE_UNTRUSTED``, :mod:`medpipe.bundle.trust`)."""
         root = Path(path).expanduser()
         if not root.is_dir():
             raise Code.BUNDLE_NOT_FOUND(
@@ -53,6 +54,7 @@ class BundleLayout:
                 f"{root} has no configs/ folder with .json/.yaml configs; a bundle needs at least "
                 "configs/metadata.json and a workflow config (see docs/bundle_authoring.md)",
             )
+        check_trust(root.resolve())  # before any config is parsed: a config is code (medpipe.bundle.trust)
         return cls(root.resolve())
 
     @property

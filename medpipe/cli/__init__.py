@@ -23,6 +23,7 @@ from medpipe.cli.evaluate import evaluate, explain
 from medpipe.cli.infer import infer
 from medpipe.cli.manifest import manifest
 from medpipe.cli.train import check, export, promote, train
+from medpipe.cli.trust import trust
 from medpipe.errors import EXIT_INPUT_ERROR, MedpipeError, find_medpipe_error
 
 
@@ -48,7 +49,7 @@ def cli() -> None:
     """medpipe: DICOM-aware MONAI bundles for 3D CT and MRI."""
 
 
-for command in (train, promote, export, check, evaluate, explain, infer, convert, dicom, manifest):
+for command in (train, promote, export, check, evaluate, explain, infer, convert, dicom, manifest, trust):
     cli.add_command(command)
 
 

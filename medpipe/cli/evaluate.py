@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import click
 
-from medpipe.cli.options import bundle_option, device_option, show_paths_option, weights_option
+from medpipe.cli.options import (
+    bundle_option,
+    device_option,
+    show_paths_option,
+    trust_bundle_option,
+    weights_option,
+)
 
 
 @click.command()
 @bundle_option
+@trust_bundle_option
 @click.option(
     "--manifest",
     type=click.Path(dir_okay=False, path_type=str),
@@ -85,6 +92,7 @@ def evaluate(
 
 @click.command()
 @bundle_option
+@trust_bundle_option
 @click.option(
     "--input",
     "input_path",

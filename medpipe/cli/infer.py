@@ -13,12 +13,14 @@ from medpipe.cli.options import (
     device_option,
     set_option,
     show_paths_option,
+    trust_bundle_option,
     weights_option,
 )
 
 
 @click.command()
 @bundle_option
+@trust_bundle_option
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True, path_type=str),
               help="DICOM folder tree, NIfTI file, or folder of NIfTI files.")  # fmt: skip
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=str))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,27 @@ show_paths_option = click.option(
     is_flag=True,
     help="Also write input paths into reports (they are left out by default: folder and file names often "
     "name the patient).",
+)
+
+
+def _trust_for_this_run(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from medpipe.bundle.trust import TRUST_ENV
+
+        previous = os.environ.get(TRUST_ENV)
+        os.environ[TRUST_ENV] = "1"  # the processes this command starts (torchrun, Dask workers) inherit it
+        # for this command only (a test's or a caller's process goes on untrusting)
+        ctx.call_on_close(lambda: os.environ.pop(TRUST_ENV) if previous is None else os.environ.update({TRUST_ENV: previous}))
+
+
+trust_bundle_option = click.option(
+    "--trust-bundle",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_trust_for_this_run,
+    help="Run a bundle from elsewhere whose configs hold code ($ expressions, imports...) for this run only "
+    "(medpipe trust DIR trusts it for good; docs/security.md).",
 )
 
 

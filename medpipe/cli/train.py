@@ -7,11 +7,12 @@ import sys
 
 import click
 
-from medpipe.cli.options import bundle_option, device_option, set_option
+from medpipe.cli.options import bundle_option, device_option, set_option, trust_bundle_option
 
 
 @click.command()
 @bundle_option
+@trust_bundle_option
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=str), help="Datalist JSON to train on.")
 @click.option("--max-epochs", type=click.IntRange(min=1), help="Number of epochs (config id max_epochs).")
 @device_option
@@ -93,6 +94,7 @@ def train(
 
 @click.command()
 @bundle_option
+@trust_bundle_option
 @click.option(
     "--run",
     "run",
@@ -121,6 +123,7 @@ def promote(bundle: str, run: str, version: str | None, note: str) -> None:
 
 @click.command()
 @bundle_option
+@trust_bundle_option
 @click.option(
     "--output", type=click.Path(dir_okay=False, path_type=str), help="Default: <bundle>/models/model.ts."
 )
@@ -137,6 +140,7 @@ def export(bundle: str, output: str | None) -> None:
 
 @click.command()
 @bundle_option
+@trust_bundle_option
 def check(bundle: str) -> None:
     """Check a bundle with MONAI's tools: workflow properties and verify_net_in_out."""
     from medpipe.bundle.checks import check_bundle

@@ -57,6 +57,8 @@ def test_check_command_refuses_a_crop_the_network_cannot_take(tmp_path):
     common["crop_size"] = [8, 8, 8]
     (bundle / "configs" / "common.json").write_text(json.dumps(common))
     result = CliRunner().invoke(cli, ["check", "--bundle", str(bundle)])
+    assert result.exit_code == 3 and "BUNDLE_UNTRUSTED" in result.output  # its configs changed: untrusted
+    result = CliRunner().invoke(cli, ["check", "--trust-bundle", "--bundle", str(bundle)])  # the author's own edit
     assert result.exit_code == 3
     assert "BUNDLE_CROP_SIZE_INVALID" in result.output
 
