@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from monai.networks.utils import copy_model_state
 
-from medpipe.bundle.weights import load_state_dict
+from medpipe.bundle.weights import check_shipped, load_state_dict
 from medpipe.errors import Code, did_you_mean
 
 #: Names of the final (task-specific) layer of the network families medpipe ships.
@@ -64,6 +64,7 @@ def resolve_source(source: str | Path) -> Path:
             raise Code.INIT_SOURCE_NOT_FOUND(
                 f"--init-from {p} is a folder without models/model.pt; train that bundle first or pass a checkpoint file",
             )
+        check_shipped(p / "configs" / "metadata.json", ckpt)  # a bundle's weights: the ones it records
         return ckpt
     if not p.is_file():
         raise Code.INIT_SOURCE_NOT_FOUND(

@@ -114,8 +114,10 @@ def promote(
         else:
             (models / name).unlink(missing_ok=True)
     _portable_run_record(models / COPIED[RUN_FILE], layout.root.parent.parent, folder)
+    # what every later load of the shipped weights checks (medpipe.bundle.weights.check_shipped)
+    meta["weights_sha256"] = {WEIGHTS_FILE: file_sha256(models / WEIGHTS_FILE)}
     atomic_write_text(layout.metadata, json.dumps(meta, indent=4, ensure_ascii=False) + "\n")
-    return {"version": new, "previous": previous, "model_sha256": file_sha256(models / WEIGHTS_FILE)}
+    return {"version": new, "previous": previous, "model_sha256": meta["weights_sha256"][WEIGHTS_FILE]}
 
 
 def _portable_run_record(path: Path, project: Path, run: Path) -> None:

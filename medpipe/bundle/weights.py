@@ -6,11 +6,13 @@ weights by default and other weights only when asked (``--weights FILE`` or ``--
 :func:`resolve_weights` decides, and raises ``BUNDLE_NO_WEIGHTS`` (in one wording) when they are absent.
 
 Checkpoints are read with ``torch.load(..., weights_only=True)``: a pickled checkpoint cannot execute
-code. A plain state dict and MONAI/ignite's ``{"model": state_dict, ...}`` are both accepted.
+code. A plain state dict and MONAI/ignite's ``{"model": state_dict, ...}`` are both accepted. The shipped
+``models/model.pt`` is also checked against the sha256 its ``metadata.json`` records (:func:`check_shipped`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +59,29 @@ def resolve_weights(layout: BundleLayout, weights: str | Path | None = None) -> 
         )
         raise Code.BUNDLE_NO_WEIGHTS(f"the weights {path} do not exist: {hint}")
     path = path.resolve()
-    return Weights(path, file_sha256(path), shipped=path == layout.model_pt.resolve())
+    weights_ = Weights(path, file_sha256(path), shipped=path == layout.model_pt.resolve())
+    if weights_.shipped:
+        check_shipped(layout.metadata, path, weights_.sha256)
+    return weights_
+
+
+def check_shipped(metadata: Path, path: Path, sha256: str | None = None) -> None:
+    """``BUNDLE_WEIGHTS_TAMPERED`` when ``models/<name>`` is not the file ``metadata.json`` records
+    (``weights_sha256``, written by ``medpipe promote``); a bundle that records none is not checked."""
+    try:
+        recorded = json.loads(Path(metadata).read_text(encoding="utf-8")).get("weights_sha256") or {}
+    except (OSError, ValueError):
+        return  # an unreadable metadata.json is reported by the commands that need it
+    expected = recorded.get(Path(path).name) if isinstance(recorded, dict) else None
+    if expected is None:
+        return
+    actual = sha256 or file_sha256(path)
+    if actual != expected:
+        raise Code.BUNDLE_WEIGHTS_TAMPERED(
+            f"{path} has sha256 {actual[:12]}..., but the bundle's metadata.json records {expected[:12]}... for it: "
+            "the shipped weights were changed or damaged; restore them (git checkout / a fresh copy), or pass "
+            "other weights with --weights"
+        )
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from medpipe.errors import BundleError
-from tests.conftest import REPO
+from tests.conftest import REPO, seal_weights
 
 MALIGNANCY = REPO / "bundles" / "lung_nodule_malignancy_ct"
 SPLITS = {"training": 16, "validation": 8, "test": 8}
@@ -55,6 +55,7 @@ def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     (bundle / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    seal_weights(bundle)
     return bundle
 
 

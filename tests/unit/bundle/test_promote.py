@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -57,10 +58,11 @@ def test_promote_ships_the_run_and_records_it(bundle: Path, tmp_path: Path) -> N
     assert meta["version"] == next_version(old["version"]) and list(meta["changelog"])[0] == meta["version"]
     entry = meta["changelog"][meta["version"]]
     assert "r1" in entry and "val_mean_dice 0.5000 at epoch 3" in entry and entry.endswith(": retrained")
-    assert {k: v for k, v in meta.items() if k not in ("version", "changelog")} == {
-        k: v for k, v in old.items() if k not in ("version", "changelog")
-    }
+    changed = ("version", "changelog", "weights_sha256")
+    assert {k: v for k, v in meta.items() if k not in changed} == {k: v for k, v in old.items() if k not in changed}
     assert (bundle / "models" / "model.pt").read_bytes() == (run / "model.pt").read_bytes()
+    # the shipped weights' sha256 is recorded, and every later load checks it
+    assert meta["weights_sha256"] == {"model.pt": hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()}
     shipped_run = json.loads((bundle / "models" / "training_run.json").read_text())
     assert shipped_run["bundle_folder"] == bundle.name
     assert shipped_run["manifest"] == "m.json"  # no folder of the training machine in a shipped file
