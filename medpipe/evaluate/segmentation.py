@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
@@ -31,6 +30,7 @@ from medpipe.bundle.model import BundleModel
 from medpipe.data.checks import check_labelled_cases
 from medpipe.data.images import read_image
 from medpipe.data.manifest import load_manifest
+from medpipe.data.nifti import open_nifti, read_voxels
 from medpipe.errors import Code
 from medpipe.evaluate.detection import (
     Candidate,
@@ -130,13 +130,13 @@ def evaluate_segmentation(
     start = time.perf_counter()
     for entry in tqdm(entries, desc=f"evaluate {split}", unit="case", leave=False):
         case = case_id(entry)
-        label_image = nib.load(entry["label"])
-        label = np.asanyarray(label_image.dataobj).astype(np.int64)
+        label_image = open_nifti(entry["label"])  # through the size guard, as every NIfTI from elsewhere
+        label = read_voxels(label_image, case).astype(np.int64)
         image = read_image(entry["image"])
         pred, scores = model.segment_with_scores(image, name=case, scores=detect)
         if detect:
             record = json.loads(Path(entry["nodules"]).read_text()) if entry.get("nodules") else None
-            truth = np.asanyarray(nib.load(entry["instances"]).dataobj) if entry.get("instances") else label
+            truth = read_voxels(open_nifti(entry["instances"]), case) if entry.get("instances") else label
             found, kept = match_case(case, pred, scores, truth.reshape(pred.shape), image.affine_lps, record,
                                      min_readers=min_readers)  # fmt: skip
             candidates += found
