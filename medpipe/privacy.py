@@ -11,19 +11,25 @@ headers hold names, IDs and dates. Nothing medpipe prints or writes names them b
 
 Paths appear only when the user asks with ``--show-paths`` (:func:`shown_path`), relative to the
 input folder where they lie inside it. Commands that follow this rule: ``medpipe dicom ls``,
-``convert``, ``infer`` and ``evaluate``. DICOM objects medpipe writes (a SEG) carry the patient and
-study modules of their source because the standard requires it (docs/inference.md).
+``convert``, ``infer``, ``evaluate``, ``explain`` and ``train`` (tests/integration/test_patient_data.py
+plants canaries in headers and names and scans every output). DICOM objects medpipe writes (a SEG)
+carry the patient and study modules of their source because the standard requires it, unless
+``medpipe infer --anonymize-seg`` replaces them by a :func:`pseudonym` (docs/inference.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
+import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 HASH_LENGTH = 10
+#: the secret of the pseudonyms of one output folder (``medpipe infer --anonymize-seg``)
+PSEUDONYM_KEY_FILE = "pseudonym.key"
 
 
 def short_hash(text: str, length: int = HASH_LENGTH) -> str:
@@ -72,3 +78,31 @@ def scrub(message: str, paths: Iterable[str | os.PathLike[str]], replacement: st
     for name in sorted((n for n in names if n and n not in (".", os.sep)), key=len, reverse=True):
         message = message.replace(name, replacement)
     return message
+
+
+def pseudonym(patient_id: str, key: bytes) -> str:
+    """``anon-`` + an HMAC-SHA256 prefix of ``patient_id`` under ``key``: one patient, one pseudonym for a
+    key; without the key neither reversible nor checkable by hashing guessed IDs (a plain hash of a
+    record number is, the space of record numbers being small)."""
+    return "anon-" + hmac.new(key, patient_id.encode(), hashlib.sha256).hexdigest()[:HASH_LENGTH]
+
+
+def pseudonym_key(folder: str | os.PathLike[str]) -> bytes:
+    """The key of the pseudonyms written into ``folder``: ``folder/pseudonym.key`` (32 random bytes, hex,
+    readable by its owner only), made on first use, so re-runs, shards and Dask workers writing into
+    one folder give a patient one pseudonym. Whoever holds the key can link pseudonyms to guessed IDs:
+    share the SEGs without it; delete it and the pseudonyms stay unlinkable to anyone."""
+    path = Path(folder) / PSEUDONYM_KEY_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{PSEUDONYM_KEY_FILE}-{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fp:
+            fp.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(tmp, path)  # complete or absent: a process starting at once reads the first key made
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return bytes.fromhex(path.read_text().strip())

@@ -40,6 +40,10 @@ from medpipe.cli.options import (
 @click.option("--shard", metavar="K/N",
               help="Only shard K of N of the series (a hash of each series id), e.g. one per SLURM array task; "
               "its reports are results-K-of-N.csv...; a run without --shard afterwards gathers them.")  # fmt: skip
+@click.option("--anonymize-seg", is_flag=True,
+              help="DICOM SEG: replace the patient and study identity (name, ID, birth date, accession number, "
+              "referring physician...) by a keyed pseudonym, anon-<hash of the PatientID>; the key is "
+              "OUT/pseudonym.key (docs/inference.md).")  # fmt: skip
 @device_option
 @weights_option
 @set_option
@@ -56,6 +60,7 @@ def infer(
     workers: int | None,
     scheduler: str | None,
     shard: str | None,
+    anonymize_seg: bool,
     device: str | None,
     weights: str | None,
     sets: tuple[str, ...],
@@ -80,6 +85,7 @@ def infer(
         formats=tuple(formats.split(",")), select=select, classifier=classifier, weights=weights, threads=threads,
         workers=workers, scheduler=scheduler, device=device, overrides=overrides, user_ids=tuple(overrides),
         assembly=assembly(resample_gaps, correct_tilt, min_slices), show_paths=show_paths, shard=shard,
+        anonymize_seg=anonymize_seg,
     )  # fmt: skip
     status = outcome(run_infer(bundle, input_path, output, options, echo=click.echo), output)
     if status:

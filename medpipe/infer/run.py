@@ -41,6 +41,7 @@ from medpipe.infer.task import (
     release_memory,
     run_series,
 )
+from medpipe.privacy import pseudonym_key
 
 FORMATS = ("nifti", "dicom-seg")
 
@@ -74,6 +75,8 @@ class InferOptions:
     progress: bool = True
     #: ``"K/N"``: only the series of shard K of N (by a hash of the series id), for array jobs
     shard: str | None = None
+    #: the SEG's Patient and Study modules replaced by a keyed pseudonym (OUT/pseudonym.key)
+    anonymize_seg: bool = False
 
 
 def on_dask(options: InferOptions) -> bool:
@@ -142,7 +145,9 @@ def infer(
         "formats": sorted(formats),
         "overrides": {k: str(v) for k, v in sorted(dict(options.overrides).items())},
         "classifier": None if clf is None else [clf.model.name, clf.model.version, clf.model.weights.sha256],
+        **({"anonymize_seg": True} if options.anonymize_seg else {}),  # absent when off: earlier records hold
     }
+    key = pseudonym_key(out) if options.anonymize_seg and "dicom-seg" in formats else None
     tasks = [
         SeriesTask(
             s,
@@ -151,6 +156,7 @@ def infer(
             formats,
             options.show_paths,
             {"source": s.location(root)} if options.show_paths else {},
+            key,
         )
         for s in found.sources
     ]

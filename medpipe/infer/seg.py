@@ -8,8 +8,12 @@ Abnormal Structure"); a name without a code is described as "Tissue" with the na
 algorithm identification is the bundle's name and version.
 
 DICOM requires a Segmentation to carry the Patient and General Study modules of its source images
-(highdicom copies them): the SEG file therefore holds the patient's name and IDs, like the source
-series. Its *file name* is the series' hashed id, as every other output.
+(highdicom copies them): the SEG file therefore holds the patient's name, ID and birth date, the
+accession number and referring physician, like the source series. Nothing else of the source's
+identity: the source scanner's institution, department, address and station name, which highdicom
+would copy into the Contributing Equipment Sequence (Type 3 there), are left out. With a
+``pseudonym_key`` (``medpipe infer --anonymize-seg``) the Patient and Study modules are replaced
+(:func:`anonymize`) and the SEG names nobody. Its *file name* is the series' hashed id, as every other output.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from medpipe.atomic import atomic_path
 from medpipe.bundle.model import LESION_NAMES
 from medpipe.dicom.scan import Stack
 from medpipe.errors import Code, MedpipeError
+from medpipe.privacy import pseudonym
 
 #: Patient / General Study attributes of Type 2 (required, may be empty) that a SEG copies from its
 #: sources; some exports (de-identified or hand-made) drop them, which highdicom would refuse.
@@ -33,6 +38,34 @@ TYPE2_COPIED = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
     "ReferringPhysicianName", "StudyID", "AccessionNumber",
 )  # fmt: skip
+#: the source scanner's site, which highdicom copies into the SEG's Contributing Equipment Sequence
+SITE_OF_SOURCE = ("InstitutionName", "InstitutionalDepartmentName", "InstitutionAddress", "StationName")
+#: Information Entities whose root attributes (every module of the IE) --anonymize-seg replaces
+IDENTITY_IES = ("Patient", "Study")
+#: what a SEG must keep of its study to be overlaid on its source: the study it belongs to, and when
+STUDY_KEPT = ("StudyInstanceUID", "StudyDate", "StudyTime")
+
+
+def anonymize(ds, key: bytes) -> None:  # ds: pydicom.Dataset, a source header read for the SEG
+    """Replace the Patient and Study modules of ``ds`` (so of the SEG built from it) by a pseudonym.
+
+    Every root attribute of the IOD's Patient- and Study-IE modules (Patient, Clinical Trial Subject,
+    General Study, Patient Study, Clinical Trial Study: highdicom's own tables, which it copies from)
+    is removed except StudyInstanceUID, StudyDate and StudyTime; PatientName and PatientID become
+    ``anon-`` + a keyed hash of the PatientID (:func:`medpipe.privacy.pseudonym`), and the other Type 2
+    attributes (birth date, sex, accession number, referring physician, study ID) are empty."""
+    # highdicom's private tables of the standard: the very lists its SEG copies from, so nothing it copies
+    # is missed (an unknown SOP class is a KeyError: INFER_SEG_FAILED, never a SEG half anonymized)
+    from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+
+    name = pseudonym(str(ds.get("PatientID", "")), key)
+    modules = get_iod_module_map()[get_sop_class_iod_map()[ds.SOPClassUID]]
+    attributes = get_module_attribute_map()
+    for module in (m["key"] for m in modules if m["ie"] in IDENTITY_IES):
+        for item in attributes[module]:
+            if not item["path"] and item["keyword"] not in STUDY_KEPT and item["keyword"] in ds:
+                delattr(ds, item["keyword"])
+    ds.PatientName = ds.PatientID = name
 
 
 def segment_codes(name: str):  # -> tuple[Code, Code]
@@ -66,6 +99,7 @@ def write_seg(
     *,
     bundle_name: str,
     bundle_version: str,
+    pseudonym_key: bytes | None = None,
 ) -> Path:
     """Write ``mask`` ([i, j, k] on the grid of ``stack`` as loaded, unresampled) as a SEG to ``path``."""
     if any(s.frame is not None for s in stack.slices):
@@ -81,8 +115,9 @@ def write_seg(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return _write_seg(
-                path, mask, stack, names, bundle_name=bundle_name, bundle_version=bundle_version
-            )
+                path, mask, stack, names, bundle_name=bundle_name, bundle_version=bundle_version,
+                pseudonym_key=pseudonym_key,
+            )  # fmt: skip
     except (AttributeError, ValueError, TypeError, KeyError) as e:
         # highdicom validates the source headers (missing or malformed Type 1 attributes): the series'
         # fault, not ours -- recorded for this series, the run goes on. Only the exception type and
@@ -106,6 +141,7 @@ def _write_seg(
     *,
     bundle_name: str,
     bundle_version: str,
+    pseudonym_key: bytes | None,
 ) -> Path:
     import highdicom as hd
     import pydicom
@@ -115,6 +151,11 @@ def _write_seg(
     # Headers only: highdicom needs the geometry, patient, study and UIDs of each source image.
     sources = [pydicom.dcmread(stack.slices[i].path, stop_before_pixels=True) for i in order]
     for ds in sources:  # Type 2 attributes the SEG must copy: present but empty when the source lacks them
+        for keyword in SITE_OF_SOURCE:
+            if keyword in ds:
+                delattr(ds, keyword)
+        if pseudonym_key is not None:
+            anonymize(ds, pseudonym_key)
         for keyword in TYPE2_COPIED:
             if keyword not in ds:
                 setattr(ds, keyword, "")

@@ -36,9 +36,11 @@ DEFAULT_WINDOW = (-1000.0, 400.0)
 
 
 def process_series(
-    source: Source, model: BundleModel, clf: CropClassifier | None, formats: Sequence[str], folder: Path
+    source: Source, model: BundleModel, clf: CropClassifier | None, formats: Sequence[str], folder: Path,
+    pseudonym_key: bytes | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Outputs of one series in ``folder``; returns its results.csv row and its lesion rows."""
+    """Outputs of one series in ``folder``; returns its results.csv row and its lesion rows. With a
+    ``pseudonym_key`` the SEG names the patient by a pseudonym (:func:`medpipe.infer.seg.anonymize`)."""
     image = source.load()
     mask, scores = model.segment_with_scores(image, name=f"series {source.id}")
     names = model.class_names
@@ -72,7 +74,7 @@ def process_series(
         else:
             write_seg(
                 folder / f"{sid}_seg.dcm", mask, source.stack,  # type: ignore[arg-type]
-                names, bundle_name=model.name, bundle_version=model.version,
+                names, bundle_name=model.name, bundle_version=model.version, pseudonym_key=pseudonym_key,
             )  # fmt: skip
             result["seg"] = f"{sid}_seg.dcm"
     unit = "HU" if source.modality == "CT" else ""

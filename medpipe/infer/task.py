@@ -71,6 +71,8 @@ class SeriesTask:
     show_paths: bool = False
     #: results.csv's ``source`` column (``--show-paths`` only)
     where: Mapping[str, str] = field(default_factory=dict)
+    #: ``--anonymize-seg``: the key of the SEG's pseudonyms (:func:`medpipe.privacy.pseudonym_key`)
+    pseudonym_key: bytes | None = None
 
 
 @dataclass
@@ -162,7 +164,7 @@ def run_series(task: SeriesTask, model: BundleModel, clf: CropClassifier | None)
     try:
         if task.source.error is not None:
             raise task.source.error
-        result, rows = process_series(task.source, model, clf, task.formats, task.folder)
+        result, rows = process_series(task.source, model, clf, task.formats, task.folder, task.pseudonym_key)
     except Exception as exc:  # noqa: BLE001 - coded and out-of-memory errors are recorded; others re-raised
         coded = failure_code(exc)
         if coded is None:

@@ -15,7 +15,16 @@ import pytest
 from click.testing import CliRunner
 
 from medpipe.cli import cli
-from medpipe.privacy import case_id, file_id, scrub, series_id, short_hash, shown_path
+from medpipe.privacy import (
+    case_id,
+    file_id,
+    pseudonym,
+    pseudonym_key,
+    scrub,
+    series_id,
+    short_hash,
+    shown_path,
+)
 
 PATIENT = "Smith_John_MRN0042"
 
@@ -49,6 +58,18 @@ def test_the_helpers() -> None:
     message = f"cannot read /data/{PATIENT}/ct/IM1.dcm (in /data/{PATIENT}/ct)"
     scrubbed = scrub(message, [f"/data/{PATIENT}/ct/IM1.dcm"], "<series 1>")
     assert PATIENT not in scrubbed and scrubbed.count("<series 1>") == 2
+
+
+def test_pseudonyms_are_keyed_and_one_per_patient_for_a_folder(tmp_path: Path) -> None:
+    key = pseudonym_key(tmp_path / "out")  # --anonymize-seg: made on first use, then read
+    assert len(key) == 32 and pseudonym_key(tmp_path / "out") == key
+    assert ((tmp_path / "out" / "pseudonym.key").stat().st_mode & 0o777) == 0o600
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["pseudonym.key"]
+    other = pseudonym_key(tmp_path / "elsewhere")
+    assert other != key
+    assert pseudonym(PATIENT, key) == pseudonym(PATIENT, key) != pseudonym(PATIENT + "1", key)
+    assert pseudonym(PATIENT, key) != pseudonym(PATIENT, other) and pseudonym(PATIENT, key).startswith("anon-")
+    assert pseudonym(PATIENT, key) != "anon-" + short_hash(PATIENT)  # not a plain hash of the ID
 
 
 def test_convert_names_nothing_after_the_patient(named_tree: Path, tmp_path: Path) -> None:
