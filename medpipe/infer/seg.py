@@ -28,6 +28,7 @@ import numpy as np
 from medpipe import __version__
 from medpipe.atomic import atomic_path
 from medpipe.bundle.model import LESION_NAMES
+from medpipe.dicom.headers import dcmread
 from medpipe.dicom.scan import Stack
 from medpipe.errors import Code, MedpipeError
 from medpipe.privacy import pseudonym
@@ -144,12 +145,11 @@ def _write_seg(
     pseudonym_key: bytes | None,
 ) -> Path:
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
     order = source_order(stack)
     # Headers only: highdicom needs the geometry, patient, study and UIDs of each source image.
-    sources = [pydicom.dcmread(stack.slices[i].path, stop_before_pixels=True) for i in order]
+    sources = [dcmread(stack.slices[i].path, stop_before_pixels=True) for i in order]  # preamble-less too
     for ds in sources:  # Type 2 attributes the SEG must copy: present but empty when the source lacks them
         for keyword in SITE_OF_SOURCE:
             if keyword in ds:

@@ -292,6 +292,27 @@ def test_nifti_input_gets_mask_and_table_but_no_seg(run: dict, tmp_path: Path) -
     np.testing.assert_array_equal(np.asarray(nib.load(next(folder.glob("*_seg.nii.gz"))).dataobj), ref)
 
 
+def test_series_without_preamble_gets_its_seg_too(run: dict, tmp_path: Path) -> None:
+    """Archive exports without the 128-byte preamble / "DICM" are read (medpipe.dicom.headers.dcmread) by
+    discovery, and by the DICOM SEG writer, which reads the source headers again."""
+    from medpipe.infer.run import InferOptions, infer
+
+    bare = tmp_path / "bare" / "series"
+    bare.mkdir(parents=True)
+    for f in sorted(run["good"][0].iterdir()):
+        data = f.read_bytes()
+        assert data[128:132] == b"DICM"
+        (bare / f.name).write_bytes(data[132:])
+    summary = infer(BUNDLE, bare.parent, tmp_path / "out", InferOptions(overrides=FAST, progress=False),
+                    echo=lambda _: None)  # fmt: skip
+    assert (summary["done"], summary["failed"]) == (1, 0), summary
+    (folder,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    (seg,) = folder.glob("*.dcm")
+    assert pydicom.dcmread(seg).Modality == "SEG"
+    ref = np.asarray(nib.load(run["out"] / folder.name / f"{folder.name}_seg.nii.gz").dataobj)
+    np.testing.assert_array_equal(np.asarray(nib.load(next(folder.glob("*_seg.nii.gz"))).dataobj), ref)
+
+
 def test_cli_exit_3_when_nothing_can_be_processed(run: dict, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
