@@ -153,9 +153,13 @@ def trusted_digests() -> set[str]:
 
 def untrusted_findings(root: Path) -> list[Finding]:
     """The findings of the files of ``root`` whose content is not trusted (empty: the bundle may run)."""
-    trusted = trusted_digests()
-    out = [f for p in config_files(root) if file_sha256(p) not in trusted for f in findings_of(p)]
+    shipped = shipped_digests()
+    digests = {p: file_sha256(p) for p in config_files(root)}
     scripts = scripts_sha256(root)
+    left = {d for d in [*digests.values(), scripts] if d is not None and d not in shipped}
+    # the user's store only when something is not shipped (a shipped bundle runs whatever that file holds)
+    trusted = trusted_digests() if left else shipped
+    out = [f for p, d in digests.items() if d not in trusted for f in findings_of(p)]
     if scripts is not None and scripts not in trusted:
         out.append(Finding(SCRIPTS, "", "scripts package (MONAI imports it)", str(Path(root) / "scripts")))
     return out

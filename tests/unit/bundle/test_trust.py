@@ -42,6 +42,16 @@ def test_shipped_bundles_are_recorded_as_they_are():
         assert trust.untrusted_findings(bundle) == []
 
 
+def test_a_damaged_trust_store_is_refused_but_does_not_stop_the_shipped_bundles(tmp_path, monkeypatch, evil):
+    store = tmp_path / "store.json"
+    store.write_text("{not json")
+    monkeypatch.setenv(trust.STORE_ENV, str(store))
+    assert trust.untrusted_findings(LUNG) == []  # shipped: the user's store is not consulted
+    with pytest.raises(Exception) as err:
+        trust.check_trust(evil[0])
+    assert getattr(err.value, "code", None) == "BUNDLE_UNTRUSTED" and "trust store" in str(err.value)
+
+
 COMMANDS = {
     "evaluate": ["evaluate", "--bundle", "{b}", "--device", "cpu"],
     "train": ["train", "--bundle", "{b}", "--device", "cpu", "--max-epochs", "1", "--output", "{t}/run"],
