@@ -12,8 +12,7 @@ record the code per item and go on. The exception classes also inherit the natur
 (``ValueError``...) so generic handlers keep working. ``python -m medpipe.errors`` prints the
 registry as the Markdown table of ``docs/errors.md``.
 
-Choice options go through :func:`look_up`, which names the closest valid values ("did you mean"),
-in the spirit of MONAI's ``look_up_option``.
+Choice options go through :func:`look_up`, which names the closest valid values (MONAI's ``look_up_option``).
 """
 
 from __future__ import annotations
@@ -372,6 +371,7 @@ class Code(str, Enum):
     DICOM_CORRUPT_FILE = (
         "DICOM_CORRUPT_FILE", DicomError, "truncated pixel data, an undecodable frame, an unparsable .dcm file"
     )
+    DICOM_TOO_LARGE = "DICOM_TOO_LARGE", DicomError, "a file claims over 4 GiB of pixels or 32768 frames, or inflates past 4 GiB (refused unread)"
     DICOM_LOCALIZER = "DICOM_LOCALIZER", DicomError, "a series of localizer/scout images only"
     DICOM_NO_SERIES = "DICOM_NO_SERIES", DicomError, "nothing loadable in the folder (what was found is counted)"
     DICOM_MULTIPLE_SERIES = (

@@ -11,8 +11,10 @@ Patient identity (name, ID, birth date, accession number) is never read into the
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +22,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from medpipe.errors import Code
+from medpipe.errors import Code, MedpipeError
 
 #: File suffixes that announce DICOM: a file with one of these that does not parse is reported, not ignored.
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima", ".dc3"}
@@ -43,6 +46,11 @@ HEADER_TAGS = [
     "SpacingBetweenSlices", "RescaleSlope", "RescaleIntercept", "PixelPaddingValue",
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
 ]  # fmt: skip
+#: The most pixel bytes one file may claim (Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated),
+#: and the most a deflated file may inflate to: checked before anything is allocated (DICOM_TOO_LARGE).
+MAX_DICOM_BYTES = 4 * 2**30
+#: The most frames one file may claim (one header record each): 0.1 mm slices over 3 m are 30000.
+MAX_DICOM_FRAMES = 32768
 NATIVE_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 #: Explicit VR Little Endian, zlib-deflated after the file meta: pixels are native once inflated.
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -178,6 +186,27 @@ def _expected_pixel_bytes(ds: Dataset) -> int:
     return (rows * cols * frames * spp * bits + 7) // 8
 
 
+def _claim_problem(
+    ds: Dataset, path: str, offset: int | None, size: int, transfer_syntax: str
+) -> FileProblem | None:
+    """A claim refused before any record or pixel is made: too large, empty, or more frames than the file
+    holds (native pixels, or an encapsulated frame's 8-byte item header each)."""
+    frames = _int(ds.get("NumberOfFrames", 1)) or 1
+    claim = _expected_pixel_bytes(ds)
+    shape = f"{ds.get('Rows')} x {ds.get('Columns')} x {frames} frames x {ds.get('BitsAllocated')} bits"
+    if claim > MAX_DICOM_BYTES or frames > MAX_DICOM_FRAMES:
+        return FileProblem(path, Code.DICOM_TOO_LARGE, f"the header claims {shape} ({claim} bytes): refused unread")
+    if not (int(ds.Rows or 0) > 0 and int(ds.Columns or 0) > 0):
+        return FileProblem(path, Code.DICOM_CORRUPT_FILE, f"the header claims an empty image ({shape})")
+    if frames > 1 and offset is not None:
+        held = size - offset
+        if transfer_syntax == DEFLATED:
+            return None  # inflated size bounded by dcmread
+        if transfer_syntax in NATIVE_TRANSFER_SYNTAXES and claim > held or frames * 8 > held:
+            return FileProblem(path, Code.DICOM_CORRUPT_FILE, f"{shape} do not fit in the file: truncated")
+    return None
+
+
 def _pixel_problem(ds: Dataset, offset: int | None, size: int, transfer_syntax: str) -> str | None:
     """Detect a missing or truncated Pixel Data element without reading it."""
     if transfer_syntax == DEFLATED:
@@ -199,13 +228,57 @@ def may_lack_preamble(path: str) -> bool:
     return suffix in DICOM_SUFFIXES or suffix == "" or suffix[1:].isdigit()
 
 
+class _SizeBoundedFile(io.BufferedReader):
+    """A file whose ``read(n)`` never asks for more than is left in it. pydicom reads an element with
+    ``fp.read(length)`` and CPython allocates ``length`` bytes before reading: one flipped bit in a length
+    field of a 1.6 kB file made pydicom allocate 900 MB (found by the fuzzing)."""
+
+    def __init__(self, path: Any) -> None:
+        super().__init__(io.FileIO(path, "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is not None and n > 0:
+            n = min(n, max(0, self._size - self.tell()))
+        return super().read(n)
+
+
+def _refuse_inflation_bomb(fp: Any) -> None:
+    """Raise DICOM_TOO_LARGE for a deflated file that inflates past :data:`MAX_DICOM_BYTES`, streaming the
+    check (pydicom inflates the whole dataset into memory at once: a 64 kB file made 64 MB)."""
+    start = fp.tell()
+    try:
+        read_preamble(fp, True)
+        deflated = _read_file_meta_info(fp).get("TransferSyntaxUID") == DEFLATED
+    except Exception:  # noqa: BLE001 - not for this check to judge: pydicom's parse reports it
+        deflated = False
+    if deflated:
+        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        try:
+            while chunk := fp.read(2**16):
+                while chunk:
+                    total += len(inflater.decompress(chunk, 2**20))
+                    if total > MAX_DICOM_BYTES:
+                        raise Code.DICOM_TOO_LARGE(f"deflated data inflates past {MAX_DICOM_BYTES} bytes: refused")
+                    chunk = inflater.unconsumed_tail
+        except zlib.error:
+            pass  # a damaged stream: pydicom's inflate reports it
+    fp.seek(start)
+
+
 def dcmread(path: Any, *, force_ok: bool = True, **kwargs: Any) -> Dataset:
     """``pydicom.dcmread`` that also reads files without the 128-byte preamble and "DICM" prefix.
 
     Archive exports and old ACR-NEMA style files omit them but carry a valid dataset; dcm2niix, GDCM and
     pydicom (``force=True``) read them. Without file meta the transfer syntax is the encoding pydicom
     detected, written into ``file_meta`` so the pixel decoders (and :class:`SliceHeader`) know it.
+    A path is read through a file that bounds each read by what is left in it, and a deflated file is
+    refused (DICOM_TOO_LARGE) before pydicom inflates more than :data:`MAX_DICOM_BYTES`.
     """
+    if isinstance(path, (str, os.PathLike)):
+        with _SizeBoundedFile(path) as fp:
+            return dcmread(fp, force_ok=force_ok, **kwargs)
+    _refuse_inflation_bomb(path)
     try:
         ds = pydicom.dcmread(path, **kwargs)
     except InvalidDicomError:
@@ -223,7 +296,7 @@ def dcmread(path: Any, *, force_ok: bool = True, **kwargs: Any) -> Dataset:
 def _read_dataset(path: str) -> tuple[Dataset, int | None, int]:
     """Parse the header; return it, the Pixel Data offset (None if absent) and the file size."""
     size = os.path.getsize(path)
-    with open(path, "rb") as fp:
+    with _SizeBoundedFile(path) as fp:
         ds = dcmread(fp, force_ok=may_lack_preamble(path), stop_before_pixels=True, specific_tags=HEADER_TAGS)
         pos = fp.tell()
         tag_bytes = fp.read(4)
@@ -252,13 +325,17 @@ def read_file(path: str) -> FileResult:
         with warnings.catch_warnings():  # pydicom warns on every odd-but-readable header: noise at scale
             warnings.simplefilter("ignore")
             ds, offset, size = _read_dataset(path)
+            # file meta values are converted on first access, so a bad VR there raises here
+            sop_class = str(ds.get("SOPClassUID", ds.file_meta.get("MediaStorageSOPClassUID", "")))
+    except MedpipeError as e:  # refused before pydicom read it (DICOM_TOO_LARGE)
+        result.problem = FileProblem(path, e.code, e.message)
+        return result
     except Exception as e:  # pydicom raises many types on garbage: all mean "unusable file"
         if announced:
             result.problem = FileProblem(path, Code.DICOM_CORRUPT_FILE, f"cannot parse ({type(e).__name__})")
         else:
             result.skipped = "not DICOM"
         return result
-    sop_class = str(ds.get("SOPClassUID", ds.file_meta.get("MediaStorageSOPClassUID", "")))
     if name.upper() == "DICOMDIR" or sop_class in NON_VOLUME_SOP_CLASSES:
         result.skipped = NON_VOLUME_SOP_CLASSES.get(sop_class, "DICOMDIR")
         return result
@@ -274,7 +351,9 @@ def read_file(path: str) -> FileResult:
         result.skipped = "not an image (no Rows/Columns)"
         return result
     try:
-        result.slices = _slices_of(ds, path, offset, size, sop_class)
+        result.problem = _claim_problem(ds, path, offset, size, str(ds.file_meta.TransferSyntaxUID))
+        if result.problem is None:
+            result.slices = _slices_of(ds, path, offset, size, sop_class)
     except Exception as e:  # malformed values deep in a sequence: this file is unusable, the scan goes on
         result.problem = FileProblem(
             path, Code.DICOM_CORRUPT_FILE, f"malformed header ({type(e).__name__}: {e})"

@@ -7,7 +7,8 @@ refused with its own code, never replaced by a default: a ``RescaleSlope`` of ``
 would give plausible-looking wrong HU. Archive exports and hand-edited headers hold such values.
 
 Rules (PS3.3 C.7.6.2, C.11.1): RescaleSlope finite and non-zero (zero maps every pixel to the intercept);
-RescaleIntercept finite; PixelSpacing two finite positive numbers; ImagePositionPatient three finite
+RescaleIntercept finite; both small enough (|slope| <= 1e18, |intercept| <= 1e37) that any stored value, even
+a 64-bit one, rescales to a finite float32 (a slope of 1e35 gave infinite voxels); PixelSpacing two finite positive numbers; ImagePositionPatient three finite
 numbers; ImageOrientationPatient six finite numbers forming two unit vectors (within 1 %) that are
 orthogonal (|dot| < 0.01, about 0.6 degrees; :mod:`medpipe.dicom.geometry` checks those two). SliceThickness
 and SpacingBetweenSlices are only used for a single-slice volume (otherwise the spacing comes from the
@@ -50,9 +51,9 @@ def check_values(slices: Sequence[SliceHeader]) -> None:
     n = len(slices)
     checks: list[tuple[Code, str, Callable[[SliceHeader], object], Callable[[np.ndarray], bool], str]] = [
         (Code.DICOM_INVALID_RESCALE, "RescaleSlope", lambda s: s.slope,
-         lambda v: bool(np.isfinite(v) and v != 0), "a finite, non-zero number (absent means 1)"),
+         lambda v: bool(np.isfinite(v) and v != 0 and abs(v) <= 1e18), "a non-zero number within ±1e18 (absent means 1)"),
         (Code.DICOM_INVALID_RESCALE, "RescaleIntercept", lambda s: s.intercept,
-         lambda v: bool(np.isfinite(v)), "a finite number (absent means 0)"),
+         lambda v: bool(np.isfinite(v) and abs(v) <= 1e37), "a number within ±1e37 (absent means 0)"),
         (Code.DICOM_INVALID_SPACING, "PixelSpacing", lambda s: s.pixel_spacing,
          lambda v: bool(np.isfinite(v).all() and (v > 0).all()), "two finite positive numbers (mm)"),
         (Code.DICOM_INVALID_POSITION, "ImagePositionPatient", lambda s: s.position,
