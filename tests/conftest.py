@@ -62,3 +62,21 @@ def seal_weights(bundle: Path) -> None:
     meta = json.loads(meta_path.read_text())
     meta["weights_sha256"] = {"model.pt": hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()}
     meta_path.write_text(json.dumps(meta, indent=4))
+
+
+def copy_with_random_weights(source: Path, bundle: Path, seed: int = 0) -> Path:
+    """``bundle``: a copy of ``source``'s configs with random ``network_def`` weights in models/model.pt,
+    recorded in its metadata (:func:`seal_weights`), for tests that need a bundle but no training."""
+    import shutil
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    shutil.copytree(source / "configs", bundle / "configs")
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "common.json"))
+    torch.manual_seed(seed)
+    (bundle / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    seal_weights(bundle)
+    return bundle

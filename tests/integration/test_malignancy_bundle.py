@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from medpipe.errors import BundleError
-from tests.conftest import REPO, seal_weights
+from tests.conftest import REPO, copy_with_random_weights
 
 MALIGNANCY = REPO / "bundles" / "lung_nodule_malignancy_ct"
 SPLITS = {"training": 16, "validation": 8, "test": 8}
@@ -46,17 +46,8 @@ def crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the bundle's configs with random weights in models/model.pt (no training needed)."""
-    from monai.bundle import ConfigParser
 
-    bundle = tmp_path_factory.mktemp("bundle") / "lung_nodule_malignancy_ct"
-    shutil.copytree(MALIGNANCY / "configs", bundle / "configs")
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "common.json"))
-    torch.manual_seed(0)
-    (bundle / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
-    seal_weights(bundle)
-    return bundle
+    return copy_with_random_weights(MALIGNANCY, tmp_path_factory.mktemp("bundle") / "lung_nodule_malignancy_ct")
 
 
 def test_train_one_epoch_from_pretrained_with_frozen_backbone(crops, random_bundle, tmp_path):

@@ -32,7 +32,7 @@ from click.testing import CliRunner
 
 from medpipe.cli import cli
 from medpipe.privacy import pseudonym
-from tests.conftest import BUNDLE, REPO, TINY_SPACING, seal_weights
+from tests.conftest import BUNDLE, REPO, TINY_SPACING, copy_with_random_weights
 from tests.integration.test_infer_run import FAST, _classifier_bundle, _write_series
 
 HEADERS = {
@@ -92,18 +92,7 @@ def _nifti_manifest(tiny_dataset: Path, root: Path) -> Path:
 
 def _malignancy_bundle(root: Path) -> Path:
     """The malignancy classifier's configs with random weights (explain needs a classifier bundle)."""
-    import torch
-    from monai.bundle import ConfigParser
-
-    bundle = root / "lung_nodule_malignancy_ct"
-    shutil.copytree(REPO / "bundles" / "lung_nodule_malignancy_ct" / "configs", bundle / "configs")
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "common.json"))
-    torch.manual_seed(0)
-    (bundle / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
-    seal_weights(bundle)
-    return bundle
+    return copy_with_random_weights(REPO / "bundles" / "lung_nodule_malignancy_ct", root / "lung_nodule_malignancy_ct")
 
 
 @pytest.fixture(scope="module")
