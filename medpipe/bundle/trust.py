@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from medpipe.atomic import atomic_write_text
+from medpipe.atomic import atomic_write_text, file_sha256
 from medpipe.errors import Code
 
 CONFIG_EXTS = (".json", ".yaml", ".yml")
@@ -62,10 +62,6 @@ class Finding:
 def config_files(root: Path) -> list[Path]:
     configs = Path(root) / "configs"
     return sorted(p for p in configs.iterdir() if p.is_file() and p.suffix in CONFIG_EXTS) if configs.is_dir() else []
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def scripts_sha256(root: Path) -> str | None:
@@ -115,6 +111,16 @@ def findings_of(path: Path) -> list[Finding]:
     return out
 
 
+def scripts_finding(root: Path) -> Finding:
+    return Finding(SCRIPTS, "", "scripts package (MONAI imports it)", str(Path(root) / "scripts"))
+
+
+def bundle_findings(root: Path) -> list[Finding]:
+    """Every finding of a bundle, trusted or not (what ``medpipe trust`` shows before it records)."""
+    found = [f for p in config_files(root) for f in findings_of(p)]
+    return found + ([scripts_finding(root)] if scripts_sha256(root) is not None else [])
+
+
 def store_path() -> Path:
     if os.environ.get(STORE_ENV):
         return Path(os.environ[STORE_ENV]).expanduser()
@@ -161,7 +167,7 @@ def untrusted_findings(root: Path) -> list[Finding]:
     trusted = trusted_digests() if left else shipped
     out = [f for p, d in digests.items() if d not in trusted for f in findings_of(p)]
     if scripts is not None and scripts not in trusted:
-        out.append(Finding(SCRIPTS, "", "scripts package (MONAI imports it)", str(Path(root) / "scripts")))
+        out.append(scripts_finding(root))
     return out
 
 
@@ -186,8 +192,7 @@ def trust(root: Path) -> dict[str, Any]:
     scripts = scripts_sha256(root)
     if scripts is not None:
         files[SCRIPTS] = scripts
-    entry = {"files": files, "trusted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-             "findings": len([f for p in config_files(root) for f in findings_of(p)]) + (scripts is not None)}  # fmt: skip
+    entry = {"files": files, "trusted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "findings": len(bundle_findings(root))}
     store = read_store()
     store["bundles"][str(root)] = entry
     _write_store(store)

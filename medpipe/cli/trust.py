@@ -31,9 +31,7 @@ def trust(bundle: str | None, list_: bool, revoke: bool) -> None:
         done = store.revoke(root)
         click.echo(f"{root}: {'no longer trusted' if done else 'was not trusted'} ({store.store_path()})")
         return
-    found = [f for p in store.config_files(root) for f in store.findings_of(p)]
-    if store.scripts_sha256(root) is not None:
-        found.append(store.Finding(store.SCRIPTS, "", "scripts package (MONAI imports it)", str(root / "scripts")))
+    found = store.bundle_findings(root)
     for f in found:
         click.echo(f"  {f.line()}")
     entry = store.trust(root)
