@@ -120,6 +120,18 @@ class Code(str, Enum):
         "BUNDLE_NET_IO_MISMATCH", BundleError,
         "MONAI's verify_net_in_out failed: the network does not match metadata.json",
     )  # fmt: skip
+    BACKEND_BAD_OPTION = (
+        "BACKEND_BAD_OPTION", InputError,
+        "--backend / --precision names no backend or precision, or a pair the backend cannot run",
+    )  # fmt: skip
+    BACKEND_UNAVAILABLE = (
+        "BACKEND_UNAVAILABLE", InputError, "the --backend's package (onnxruntime, openvino, onnx) is not installed"
+    )  # fmt: skip
+    BACKEND_FAILED = "BACKEND_FAILED", BundleError, "ONNX Runtime or OpenVINO cannot load the exported network"
+    BACKEND_MISMATCH = (
+        "BACKEND_MISMATCH", BundleError,
+        "the exported network does not give the eager network's output on the check window",
+    )  # fmt: skip
     BUNDLE_CROP_SIZE_INVALID = (
         "BUNDLE_CROP_SIZE_INVALID", BundleError,
         "crop_size is not 3 positive integers, or the network cannot take such a crop or does not return one "

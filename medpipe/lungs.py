@@ -16,6 +16,8 @@ measure lungs with.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,42 @@ def _ball(radius_voxels: np.ndarray) -> np.ndarray:
     return sum(g**2 for g in grid) <= 1.0
 
 
+#: 4-connectivity inside each slice (axes x, y) and none across slices: 2-D hole filling of every slice at once
+_IN_SLICE = np.zeros((3, 3, 3), dtype=bool)
+_IN_SLICE[1, 1, 1] = _IN_SLICE[0, 1, 1] = _IN_SLICE[2, 1, 1] = _IN_SLICE[1, 0, 1] = _IN_SLICE[1, 2, 1] = True
+
+
+def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` of every slice ``mask[:, :, k]``, in one labelling: the background
+    components (4-connected within a slice) that touch the slice's border stay background, all others
+    are holes. (The slice loop took 0.2 s on a coarse 128x128x99 CT grid, this 0.03 s.)"""
+    labels, _ = ndimage.label(~mask, structure=_IN_SLICE)
+    outside = np.zeros(int(labels.max()) + 1, dtype=bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        outside[edge.ravel()] = True
+    outside[0] = False  # label 0: the mask itself
+    return ~outside[labels]
+
+
+def closing_near(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_closing(mask, structure=ball)``, computed on the box around ``mask``'s voxels only.
+
+    The closing lies inside the dilation, which lies within the ball's half-width of a mask voxel; so,
+    with one voxel more of margin (the erosion there sees the dilation's background, as it would in the
+    whole array), the box gives the same result and everything outside it is background. (The lung field
+    fills about half of a chest CT's coarse grid: the whole-array closing took 0.87 s on LIDC-IDRI-0003.)"""
+    found = np.argwhere(mask)
+    if found.size == 0:
+        return np.zeros_like(mask)
+    margin = np.asarray(ball.shape) // 2 + 1
+    lo = np.maximum(found.min(axis=0) - margin, 0)
+    hi = np.minimum(found.max(axis=0) + margin + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    out = np.zeros_like(mask)
+    out[box] = ndimage.binary_closing(mask[box], structure=ball)
+    return out
+
+
 def lung_mask(
     array_hu: np.ndarray, spacing: tuple[float, float, float], params: LungField | None = None
 ) -> np.ndarray:
@@ -65,14 +103,12 @@ def lung_mask(
     keep = np.zeros(n + 1, dtype=bool)
     keep[1:] = sizes >= p.min_lung_ml
     keep[border] = False
-    lungs = keep[labels]
-    for k in range(lungs.shape[2]):
-        lungs[:, :, k] = ndimage.binary_fill_holes(lungs[:, :, k])
+    lungs = fill_holes_per_slice(keep[labels])
     if p.closing_mm > 0 and lungs.any():
         radius = p.closing_mm / (np.asarray(spacing) * step)
         pad = np.floor(np.maximum(radius, 0.5)).astype(int)
         padded = np.pad(lungs, [(w, w) for w in pad])
-        closed = ndimage.binary_closing(padded, structure=_ball(radius))
+        closed = closing_near(padded, _ball(radius))
         lungs = closed[
             pad[0] : pad[0] + lungs.shape[0],
             pad[1] : pad[1] + lungs.shape[1],
@@ -95,6 +131,33 @@ def windowed_hu(image: Any, window: tuple[float, float]) -> tuple[np.ndarray, tu
     affine = np.asarray(image.affine if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
     return hu, spacing  # type: ignore[return-value]
+
+
+_LAST_FIELD: dict[str, Any] = {}
+_LAST_FIELD_LOCK = threading.Lock()
+
+
+def lung_field_of(image: Any, window: tuple[float, float], field: LungField) -> np.ndarray:
+    """The lung field (bool, X, Y, Z) of a preprocessed (1, X, Y, Z) image scaled from ``window`` to [0, 1].
+
+    The last result is kept, keyed by a hash of the image's voxels, spacing, window and parameters: the
+    same image's field is asked for twice in one prediction, by :class:`~medpipe.inferers.LungWindowInferer`
+    (which windows to compute) and by :class:`RestrictToLungsd` (which voxels to keep), and must be the
+    same (0.5 s for a 512x512x99 CT; the hash takes 0.03 s)."""
+    voxels = np.ascontiguousarray(image[0].detach().cpu().numpy() if hasattr(image, "detach") else image[0])
+    affine = np.asarray(image.affine if hasattr(image, "affine") else np.eye(4), dtype=np.float64)
+    digest = hashlib.blake2b(voxels.data, digest_size=16)
+    digest.update(repr((voxels.shape, str(voxels.dtype), affine.round(9).tolist(), window, field)).encode())
+    key = digest.hexdigest()
+    with _LAST_FIELD_LOCK:
+        if _LAST_FIELD.get("key") == key:
+            return _LAST_FIELD["mask"]
+    hu, spacing = windowed_hu(image, window)
+    mask = field.mask(hu, spacing)
+    mask.setflags(write=False)
+    with _LAST_FIELD_LOCK:
+        _LAST_FIELD.update(key=key, mask=mask)
+    return mask
 
 
 class RestrictToLungsd(MapTransform):
@@ -120,8 +183,7 @@ class RestrictToLungsd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        hu, spacing = windowed_hu(d[self.image_key], self.window)
-        outside = torch.as_tensor(~self.field.mask(hu, spacing))  # type: ignore[arg-type]
+        outside = torch.as_tensor(~lung_field_of(d[self.image_key], self.window, self.field))
         for key in self.key_iterator(d):
             pred = d[key]
             region = outside.to(pred.device)

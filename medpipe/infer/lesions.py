@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 from scipy import ndimage
 
+from medpipe.operating_point import labels_present
+
 #: 26-connectivity: diagonal neighbours belong to the same lesion (as radiologists outline them).
 STRUCTURE = np.ones((3, 3, 3), dtype=bool)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -92,7 +94,7 @@ def measure_lesions(
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
     names = names or {}
     out: list[Lesion] = []
-    for value in (int(v) for v in np.unique(mask) if v != 0):
+    for value in labels_present(mask):
         components, n = ndimage.label(mask == value, structure=STRUCTURE)
         found = []
         for idx, box in enumerate(ndimage.find_objects(components), start=1):

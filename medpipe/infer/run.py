@@ -77,6 +77,9 @@ class InferOptions:
     shard: str | None = None
     #: the SEG's Patient and Study modules replaced by a keyed pseudonym (OUT/pseudonym.key)
     anonymize_seg: bool = False
+    #: where and in which precision the network runs (:mod:`medpipe.backends`; default: torch, the bundle's)
+    backend: str | None = None
+    precision: str | None = None
 
 
 def on_dask(options: InferOptions) -> bool:
@@ -127,6 +130,7 @@ def infer(
         str(bundle), weights=_absolute(options.weights) if dask else options.weights, device=options.device,
         overrides=tuple(dict(options.overrides).items()), user_ids=tuple(options.user_ids),
         classifier=_absolute(options.classifier) if dask else options.classifier,
+        backend=options.backend, precision=options.precision,
     )  # fmt: skip
     model, clf = spec.open()  # here too with Dask: a bad bundle or option fails before any cluster starts
     if not selected and model.modality:
@@ -146,6 +150,9 @@ def infer(
         "overrides": {k: str(v) for k, v in sorted(dict(options.overrides).items())},
         "classifier": None if clf is None else [clf.model.name, clf.model.version, clf.model.weights.sha256],
         **({"anonymize_seg": True} if options.anonymize_seg else {}),  # absent when off: earlier records hold
+        # absent for the bundle's own torch path, so that earlier records hold; another backend or
+        # precision computes slightly different masks, so its series are done again
+        **({"backend": [model.backend["backend"], model.backend["precision"]]} if options.backend not in (None, "torch") or options.precision else {}),
     }
     key = pseudonym_key(out) if options.anonymize_seg and "dicom-seg" in formats else None
     tasks = [
@@ -213,7 +220,8 @@ def infer(
         echo(
             f"infer {model.layout.root.name} {model.version} on {len(found.sources)} series"
             f"{'' if shard is None else f' (shard {shard[0]} of {shard[1]})'} "
-            f"({', '.join(sorted(selected.get('modality', []))) or 'any modality'}) on {model.device}; "
+            f"({', '.join(sorted(selected.get('modality', []))) or 'any modality'}) on {model.device} "
+            f"({model.backend['backend']}, {model.backend['precision']}); "
             f"weights {model.describe_weights()}{'' if runner is None else f'; on {runner.describe}'}"
         )
         bar = stack.enter_context(

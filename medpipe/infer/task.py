@@ -47,6 +47,9 @@ class ModelSpec:
     overrides: tuple[tuple[str, Any], ...] = ()
     user_ids: tuple[str, ...] = ()
     classifier: str | None = None
+    #: ``--backend`` and ``--precision`` (:mod:`medpipe.backends`)
+    backend: str | None = None
+    precision: str | None = None
 
     def open(self) -> tuple[BundleModel, CropClassifier | None]:
         model = BundleModel.open(
@@ -55,6 +58,8 @@ class ModelSpec:
             device=self.device,
             overrides=dict(self.overrides),
             user_ids=self.user_ids,
+            backend=self.backend,
+            precision=self.precision,
         )
         clf = None if self.classifier is None else CropClassifier.open(self.classifier, model.device)
         return model, clf
