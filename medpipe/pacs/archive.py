@@ -39,6 +39,12 @@ class NotStored(requests.exceptions.HTTPError):
     """A STOW-RS answer (200/202) that lists the SEG as failed or not at all: retried like a busy archive."""
 
 
+def _busy() -> requests.Response:
+    response = requests.Response()
+    response.status_code = 503  # retried like a busy archive
+    return response
+
+
 @dataclass
 class Attempts:
     """How many tries a request took; ``error`` is the coded error of the last failed one."""
@@ -180,12 +186,17 @@ class Archive:
             failed = [str(getattr(i, "FailureReason", "?")) for i in getattr(answer, "FailedSOPSequence", [])]
             stored = {str(getattr(i, "ReferencedSOPInstanceUID", "")) for i in getattr(answer, "ReferencedSOPSequence", [])}
             if failed or uid not in stored:
-                # an archive that answers 200/202 but lists the SEG as failed or not at all: worth a retry
-                response = requests.Response()
-                response.status_code = 503
                 raise NotStored(
                     f"the STOW-RS answer lists the SEG as not stored (failure reason {', '.join(failed) or 'none given'})",
-                    response=response,
+                    response=_busy(),
                 )
+            # and the archive must list it: Orthanc answers "stored" for an instance its
+            # ReceivedInstanceFilter dropped (seen with Orthanc 1.10.1 + DICOMweb 1.7)
+            listed = self.client.search_for_instances(
+                str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), search_filters={"SOPInstanceUID": uid},
+                fields=[SOP_UID],
+            )  # fmt: skip
+            if uid not in {tag_value(i, SOP_UID) for i in listed}:
+                raise NotStored("the STOW-RS answer says stored, but a QIDO-RS search does not find the SEG", response=_busy())
 
         self.call(once, "STOW-RS store of a SEG", Code.PACS_PUSH_FAILED, attempts)

@@ -144,7 +144,10 @@ def load_config(
     data = read_config_file(config_file) if config_file else {}
     if not source and not data.get("url"):
         raise Code.PACS_BAD_SOURCE("no archive: give --source dicomweb+http(s)://HOST:PORT/PATH (or url in --pacs-config)")
-    url = parse_source(str(source or data["url"]))
+    given = str(source or data["url"])
+    if not source and given.lower().startswith(("http://", "https://")):  # the file's url may be plain http(s)
+        given = "dicomweb+" + given
+    url = parse_source(given)
     user = env.get(USER_ENV) or data.get("username")
     password = env.get(PASSWORD_ENV) or data.get("password")
     token = env.get(TOKEN_ENV) or data.get("token")

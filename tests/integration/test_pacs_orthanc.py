@@ -1,0 +1,265 @@
+"""``medpipe infer --source dicomweb+http://...`` against a real archive: Debian's Orthanc with its DICOMweb
+plugin on loopback (a temporary storage folder, HTTP Basic authentication with a test user).
+
+One module fixture uploads the real CPTAC-LSCC chest CT (99 slices) and runs the command four times:
+
+1. ``--pacs-config`` (mode 600) ``--study UID --push`` while a Lua ``ReceivedInstanceFilter`` makes
+   Orthanc drop every SEG (yet answer STOW-RS with "stored"): the series is segmented, the push is
+   tried 3 times and recorded as failed (exit 4);
+2. Orthanc restarted without the filter, credentials from the environment, ``--query``: the study is
+   not retrieved again (done earlier), the failed push is retried and succeeds;
+3. the same again: nothing new is pushed;
+4. a wrong password: ``PACS_AUTH_FAILED``.
+
+Every logger is at DEBUG (pydicom's at INFO, as in test_patient_data.py) and the password must appear in
+no output, log or file. Skipped when Orthanc, its plugin or ../shared/data is missing (``.ci/run``
+installs orthanc + orthanc-dicomweb as root).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import requests
+from click.testing import CliRunner
+
+from tests.conftest import BUNDLE, SHARED_DATA
+
+CPTAC = SHARED_DATA / "lung_ct_dicom_cptac_lscc" / "series"
+PASSWORD = "pw-CANARY-5521-secret"
+USER = "radiology-bot"
+PLUGIN_GLOBS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*", "/usr/lib/orthanc/libOrthancDicomWeb.so*")
+REFUSE_SEG = "function ReceivedInstanceFilter(dicom, origin, info)\n  return dicom.Modality ~= 'SEG'\nend\n"
+ENV_KEYS = ("MEDPIPE_DICOMWEB_USER", "MEDPIPE_DICOMWEB_PASSWORD", "MEDPIPE_DICOMWEB_TOKEN", "MEDPIPE_DICOMWEB_CONFIG")
+
+
+def _plugin() -> str | None:
+    found = [p for g in PLUGIN_GLOBS for p in sorted(glob.glob(g))]
+    return found[0] if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Orthanc:
+    """Orthanc on 127.0.0.1 with a storage folder of its own; ``start(refuse_seg=...)`` / ``stop()``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        (root / "db").mkdir(parents=True)
+        (root / "refuse_seg.lua").write_text(REFUSE_SEG)
+
+    def start(self, *, refuse_seg: bool = False) -> None:
+        config = {
+            "Name": "medpipe-test", "StorageDirectory": str(self.root / "db"), "IndexDirectory": str(self.root / "db"),
+            "HttpPort": self.port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD}, "Plugins": [_plugin()],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "LuaScripts": [str(self.root / "refuse_seg.lua")] if refuse_seg else [],
+        }  # fmt: skip
+        path = self.root / "orthanc.json"
+        path.write_text(json.dumps(config))
+        log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen([shutil.which("Orthanc"), str(path)], stdout=log, stderr=log, cwd=self.root)
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"Orthanc exited with {self.proc.returncode}: {(self.root / 'orthanc.log').read_text()[-2000:]}")
+            try:
+                if requests.get(f"{self.url}/system", auth=(USER, PASSWORD), timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail("Orthanc did not answer /system within 30 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def get(self, path: str) -> dict:
+        return requests.get(f"{self.url}{path}", auth=(USER, PASSWORD), timeout=10).json()
+
+    def client(self):
+        from dicomweb_client.api import DICOMwebClient
+
+        session = requests.Session()
+        session.auth = (USER, PASSWORD)
+        return DICOMwebClient(f"{self.url}/dicom-web", session=session)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(f"{record.name} {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted holds its raw args
+            self.lines.append(f"{record.name} {record.msg} {record.args}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory):
+    if shutil.which("Orthanc") is None or _plugin() is None:
+        pytest.skip("Orthanc or its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb; "
+                    ".ci/run does it when run as root)")  # fmt: skip
+    if not CPTAC.is_dir():
+        pytest.skip(f"real data absent: {CPTAC}")
+    from medpipe.cli import cli
+
+    tmp = tmp_path_factory.mktemp("pacs")
+    orthanc = Orthanc(tmp / "orthanc")
+    orthanc.start(refuse_seg=True)
+    try:
+        files = sorted(CPTAC.glob("*.dcm"))
+        for f in files:  # Orthanc's REST upload; the command under test uses DICOMweb
+            requests.post(f"{orthanc.url}/instances", data=f.read_bytes(), auth=(USER, PASSWORD), timeout=30).raise_for_status()
+        head = pydicom.dcmread(files[0], stop_before_pixels=True)
+        config = tmp / "pacs.json"
+        config.write_text(json.dumps({"url": f"{orthanc.url}/dicom-web", "username": USER, "password": PASSWORD,
+                                      "attempts": 3, "retry_wait_s": 0.05}))  # fmt: skip
+        os.chmod(config, 0o600)
+        out = tmp / "out"
+        common = ["infer", "--bundle", str(BUNDLE), "--output", str(out), "--device", "cpu"]
+        no_env = dict.fromkeys(ENV_KEYS)
+        by_env = {**no_env, "MEDPIPE_DICOMWEB_USER": USER, "MEDPIPE_DICOMWEB_PASSWORD": PASSWORD}
+        source = ["--source", f"dicomweb+{orthanc.url}/dicom-web"]
+        results, captured, snapshots = {}, [], {}
+        handler = _Collect()
+        loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.INFO if lg.name.split(".")[0] == "pydicom" else logging.DEBUG)
+            if lg is loggers[0] or not lg.propagate:
+                lg.addHandler(handler)
+        try:
+            for name, args, env in (
+                ("refused", [*common, "--pacs-config", str(config), "--study", str(head.StudyInstanceUID), "--push"], no_env),
+                ("retry", [*common, *source, "--query", "ModalitiesInStudy=CT", "--push"], by_env),
+                ("again", [*common, *source, "--query", "ModalitiesInStudy=CT", "--push"], by_env),
+                ("badauth", [*common, *source, "--study", str(head.StudyInstanceUID)],
+                 {**by_env, "MEDPIPE_DICOMWEB_PASSWORD": "wrong-" + PASSWORD[::-1]}),
+            ):  # fmt: skip
+                t0 = time.perf_counter()
+                result = CliRunner().invoke(cli, args, env=env)
+                results[name] = (result, round(time.perf_counter() - t0, 1))
+                captured += [result.output, repr(result.exception) if result.exception else ""]
+                snapshots[name] = {
+                    "pacs": json.loads((out / "pacs.json").read_text()) if (out / "pacs.json").is_file() else None,
+                    "pushes": list(csv.DictReader(open(out / "pushes.csv"))) if (out / "pushes.csv").is_file() else [],
+                    "instances": orthanc.get("/statistics")["CountInstances"],
+                }
+                if name == "refused":
+                    orthanc.stop()
+                    orthanc.start(refuse_seg=False)
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.removeHandler(handler)
+                lg.setLevel(level)
+        captured += handler.lines
+        yield {"orthanc": orthanc, "out": out, "results": results, "snap": snapshots, "captured": captured,
+               "head": head, "tmp": tmp}  # fmt: skip
+    finally:
+        orthanc.stop()
+
+
+def _output(runs: dict, name: str) -> str:
+    result, _ = runs["results"][name]
+    return result.output[-3000:] + repr(result.exception)
+
+
+def test_a_refused_push_is_recorded_with_its_attempts(runs: dict) -> None:
+    result, seconds = runs["results"]["refused"]
+    assert result.exit_code == 4, _output(runs, "refused")
+    snap = runs["snap"]["refused"]
+    assert snap["pacs"]["series_retrieved"] == 1 and snap["pacs"]["infer"]["done"] == 1, snap
+    assert snap["pacs"]["push_failed"] == 1 and snap["pacs"]["pushed"] == 0
+    [row] = snap["pushes"]
+    assert row["status"] == "PACS_PUSH_FAILED" and row["attempts"] == "3", row
+    assert "QIDO-RS search does not find the SEG" in row["message"]  # Orthanc answered "stored" and dropped it
+    assert snap["instances"] == 99  # the CT only: the filter dropped the SEG
+    print(f"first run (retrieve + infer + 3 refused pushes): {seconds} s")
+
+
+def test_the_next_run_retries_the_push_without_retrieving_the_study(runs: dict) -> None:
+    result, seconds = runs["results"]["retry"]
+    assert result.exit_code == 0, _output(runs, "retry")
+    pacs = runs["snap"]["retry"]["pacs"]
+    assert (pacs["series_retrieved"], pacs["series_done_earlier"], pacs["pushed"], pacs["infer"]) == (0, 1, 1, None), pacs
+    [row] = runs["snap"]["retry"]["pushes"]
+    assert row["status"] == "pushed" and row["attempts"] == "4", row  # 3 refused + 1
+    assert runs["snap"]["retry"]["instances"] == 100
+    print(f"second run (study skipped, push retried): {seconds} s")
+
+
+def test_the_seg_in_orthanc_references_the_series_and_equals_the_local_mask(runs: dict) -> None:
+    from medpipe.dicom.scan import scan
+    from medpipe.infer.seg import read_seg_labelmap
+
+    head, client = runs["head"], runs["orthanc"].client()
+    segs = [s for s in client.search_for_series(str(head.StudyInstanceUID)) if s["00080060"]["Value"] == ["SEG"]]
+    assert len(segs) == 1, segs
+    [seg] = client.retrieve_series(str(head.StudyInstanceUID), segs[0]["0020000E"]["Value"][0])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == head.SeriesInstanceUID
+    stack = scan(str(CPTAC)).single()
+    local = runs["out"] / stack.id
+    assert seg.SOPInstanceUID == pydicom.dcmread(local / f"{stack.id}_seg.dcm").SOPInstanceUID
+    path = runs["tmp"] / "from_orthanc.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    mask = np.asarray(nib.load(local / f"{stack.id}_seg.nii.gz").dataobj)
+    assert mask.any()  # the shipped weights find lesions on this CT (4 at 0.2.2): a real comparison
+    np.testing.assert_array_equal(read_seg_labelmap(path, stack), mask)
+
+
+def test_a_second_run_pushes_nothing_new(runs: dict) -> None:
+    result, seconds = runs["results"]["again"]
+    assert result.exit_code == 0, _output(runs, "again")
+    pacs = runs["snap"]["again"]["pacs"]
+    assert (pacs["series_retrieved"], pacs["pushed"], pacs["pushed_earlier"], pacs["push_failed"]) == (0, 0, 1, 0), pacs
+    assert runs["snap"]["again"]["pushes"] == runs["snap"]["retry"]["pushes"]
+    assert runs["snap"]["again"]["instances"] == 100
+    print(f"third run (nothing to do): {seconds} s")
+
+
+def test_a_wrong_password_is_a_coded_refusal(runs: dict) -> None:
+    result, _ = runs["results"]["badauth"]
+    assert result.exit_code == 3 and "PACS_AUTH_FAILED" in result.output, _output(runs, "badauth")
+
+
+def test_the_password_is_in_no_output_log_or_file(runs: dict) -> None:
+    needles = (PASSWORD, PASSWORD[::-1])
+    text = "\n".join(runs["captured"])
+    assert "PACS_AUTH_FAILED" in text and "urllib3" in text  # the scan does see the verbose logs
+    assert not [n for n in needles if n in text]
+    for path in runs["out"].rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not [n for n in needles if n.encode() in data or n in path.name], path
