@@ -39,6 +39,24 @@ class NotStored(requests.exceptions.HTTPError):
     """A STOW-RS answer (200/202) that lists the SEG as failed or not at all: retried like a busy archive."""
 
 
+class _Session(requests.Session):
+    """A session whose ``verify`` wins over ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``: plain requests lets
+    the environment override a session's CA bundle, and even ``verify=False`` (psf/requests#3829), which
+    made --ca-bundle and --insecure no-ops wherever those variables are set (they are on this CI machine)."""
+
+    def __init__(self, verify: bool | str | None) -> None:
+        super().__init__()
+        self.explicit_verify = verify
+        if verify is not None:
+            self.verify = verify
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self.explicit_verify is not None:
+            settings["verify"] = self.explicit_verify
+        return settings
+
+
 def _busy() -> requests.Response:
     response = requests.Response()
     response.status_code = 503  # retried like a busy archive
@@ -59,12 +77,11 @@ class Archive:
     def __init__(self, config: PacsConfig, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
         self.sleep = sleep
-        session = requests.Session()
+        session = _Session(False if config.insecure else config.ca_bundle)
         if config.token:
             session.headers["Authorization"] = f"Bearer {config.token}"
         elif config.username:
             session.auth = (config.username, config.password or "")
-        session.verify = False if config.insecure else (config.ca_bundle or True)
         if config.client_cert:
             session.cert = (config.client_cert, config.client_key) if config.client_key else config.client_cert
         self.client = DICOMwebClient(config.url, session=session, timeout=config.timeout_s)

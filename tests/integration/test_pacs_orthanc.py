@@ -25,10 +25,14 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import certifi
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -126,11 +130,15 @@ class _Collect(logging.Handler):
             self.lines.append(f"{record.name} {record.msg} {record.args}")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory):
+def _skip_without_orthanc() -> None:
     if shutil.which("Orthanc") is None or _plugin() is None:
         pytest.skip("Orthanc or its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb; "
                     ".ci/run does it when run as root)")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory):
+    _skip_without_orthanc()
     if not CPTAC.is_dir():
         pytest.skip(f"real data absent: {CPTAC}")
     from medpipe.cli import cli
@@ -263,3 +271,61 @@ def test_the_password_is_in_no_output_log_or_file(runs: dict) -> None:
         if path.is_file():
             data = path.read_bytes()
             assert not [n for n in needles if n.encode() in data or n in path.name], path
+
+
+class _Qido(BaseHTTPRequestHandler):
+    """Answers every GET with an empty DICOM JSON list: a QIDO-RS search that matches nothing."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = b"[]"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory):
+    """An HTTPS server with a self-signed certificate for 127.0.0.1 (openssl) that answers QIDO-RS with no
+    match. Not Orthanc: Debian's Orthanc 1.10.1 dies (SIGSEGV) on its first HTTPS request here."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (it makes the test certificate)")
+    tmp = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "ca.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Qido)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp / "ca.pem", tmp / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", tmp / "ca.pem"
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_is_verified_against_the_ca_bundle(tls_server) -> None:
+    """--ca-bundle verifies the archive (the unknown study is then the error), without it TLS fails, and
+    --insecure connects but warns."""
+    from medpipe.cli import cli
+
+    url, ca = tls_server
+    base = ["infer", "--bundle", str(BUNDLE), "--output", str(ca.parent / "out"), "--source",
+            f"dicomweb+{url}/dicom-web", "--study", "1.2.3.4.5"]  # fmt: skip
+    # a CA bundle in the environment (as on many machines) must not override --ca-bundle or --insecure
+    env = {**dict.fromkeys(ENV_KEYS), "MEDPIPE_DICOMWEB_TOKEN": PASSWORD, "REQUESTS_CA_BUNDLE": certifi.where()}
+    verified = CliRunner().invoke(cli, [*base, "--ca-bundle", str(ca)], env=env)
+    assert verified.exit_code == 3 and "PACS_STUDY_NOT_FOUND" in verified.output, verified.output
+    unverified = CliRunner().invoke(cli, base, env=env)
+    assert unverified.exit_code == 3 and "PACS_TLS_FAILED" in unverified.output, unverified.output
+    insecure = CliRunner().invoke(cli, [*base, "--insecure"], env=env)
+    assert insecure.exit_code == 3 and "PACS_STUDY_NOT_FOUND" in insecure.output, insecure.output
+    assert "warning: --insecure" in insecure.output and "warning" not in verified.output
+    assert PASSWORD not in verified.output + unverified.output + insecure.output

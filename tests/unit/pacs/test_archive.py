@@ -111,11 +111,19 @@ def test_a_closed_port_is_unreachable() -> None:
     assert err.value.code == "PACS_UNREACHABLE" and f"127.0.0.1:{port}/dicom-web" in str(err.value) and waits == [0.25]
 
 
-def test_tls_settings_reach_the_session(tmp_path) -> None:
+def test_tls_settings_reach_the_session(tmp_path, monkeypatch) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     archive = Archive(PacsConfig("https://h/rs", token=SECRET, ca_bundle=str(ca), client_cert=str(ca)))
     session = archive.client._session
     assert session.verify == str(ca) and session.cert == str(ca)
     assert session.headers["Authorization"] == f"Bearer {SECRET}" and session.auth is None
-    assert Archive(PacsConfig("https://h/rs", insecure=True)).client._session.verify is False
+    # requests lets REQUESTS_CA_BUNDLE override a session's verify; ours wins
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    assert session.merge_environment_settings("https://h/rs", {}, None, None, None)["verify"] == str(ca)
+    insecure = Archive(PacsConfig("https://h/rs", insecure=True)).client._session
+    assert insecure.merge_environment_settings("https://h/rs", {}, None, None, None)["verify"] is False
+    default = Archive(PacsConfig("https://h/rs")).client._session  # no option: the environment's bundle
+    assert default.merge_environment_settings("https://h/rs", {}, None, None, None)["verify"] == (
+        "/etc/ssl/certs/ca-certificates.crt"
+    )
