@@ -106,9 +106,10 @@ def write_push(folder: Path, record: Mapping[str, Any]) -> None:
     atomic_write_text(folder / PUSH, json.dumps(dict(record), indent=1) + "\n")
 
 
-def pending_pushes(out: Path) -> list[Path]:
-    """Series folders whose last push failed (any earlier run): retried whatever the query."""
-    return sorted(p.parent for p in out.glob(f"*/{PUSH}") if (read_push(p.parent) or {}).get("status") != "pushed")
+def pending_pushes(out: Path, archive: str) -> list[Path]:
+    """Series folders whose last push to ``archive`` failed (any earlier run): retried whatever the query."""
+    records = [(p.parent, read_push(p.parent) or {}) for p in out.glob(f"*/{PUSH}")]
+    return sorted(folder for folder, r in records if r.get("archive") == archive and r.get("status") != "pushed")
 
 
 def write_pushes_csv(out: Path) -> list[dict[str, Any]]:

@@ -110,6 +110,26 @@ def _study_uids(archive: Archive, pacs: PacsOptions) -> list[str]:
     return uids
 
 
+def _select_series(
+    archive: Archive, uid: str, study: str, wanted: set[str]
+) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
+    """``{series UID: SOP Instance UIDs}`` of the study's selected series (QIDO-RS), and a studies.csv row
+    for each series of the study."""
+    chosen: dict[str, list[str]] = {}
+    rows: list[dict[str, Any]] = []
+    for item in archive.series(uid):
+        suid, modality = tag_value(item, SERIES_UID), str(tag_value(item, MODALITY) or "").upper()
+        if not suid:
+            continue
+        row = {"study": study, "series": series_id(suid), "modality": modality}
+        if modality in NOT_IMAGES or (wanted and modality not in wanted):
+            rows.append({**row, "status": f"not selected ({modality or 'no modality'})"})
+            continue
+        chosen[suid] = archive.instance_uids(uid, suid)
+        rows.append({**row, "instances": len(chosen[suid]), "status": "retrieved"})
+    return chosen, rows
+
+
 def _write_instances(folder: Path, datasets: Iterable[pydicom.Dataset]) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     n = 0
@@ -204,17 +224,16 @@ def infer_pacs(
     try:
         for uid in uids:
             study = records.study_id(uid)
-            chosen: dict[str, list[str]] = {}
-            for item in archive.series(uid):
-                suid, modality = tag_value(item, SERIES_UID), str(tag_value(item, MODALITY) or "").upper()
-                if not suid:
-                    continue
-                row = {"study": study, "series": series_id(suid), "modality": modality}
-                if modality in NOT_IMAGES or (wanted and modality not in wanted):
-                    rows.append({**row, "status": f"not selected ({modality or 'no modality'})"})
-                    continue
-                chosen[suid] = archive.instance_uids(uid, suid)
-                rows.append({**row, "instances": len(chosen[suid]), "status": "retrieved"})
+            try:
+                chosen, study_rows = _select_series(archive, uid, study, wanted)
+            except MedpipeError as e:  # this study's searches failed: recorded, the batch goes on
+                if e.code not in (Code.PACS_REQUEST_FAILED, Code.PACS_UNREACHABLE):
+                    raise
+                failed += 1
+                rows.append({"study": study, "status": str(e.code), "message": e.message})
+                echo(f"{study}: {e}")
+                continue
+            rows += study_rows
             fingerprint = records.qido_fingerprint(chosen)
             earlier = records.study_done(out, study, fingerprint, run) if chosen else None
             if earlier is not None:
@@ -256,7 +275,7 @@ def infer_pacs(
             records.write_study(out, records.study_id(uid), fingerprint, done)
     counts = {"pushed": 0, "push_failed": 0, "pushed_earlier": 0}
     if pacs.push:
-        counts = _push(archive, out, [*skipped, *fresh, *records.pending_pushes(out)], echo)
+        counts = _push(archive, out, [*skipped, *fresh, *records.pending_pushes(out, archive.shown)], echo)
     records.write_pushes_csv(out)
     records.write_studies_csv(out, rows)
     report = {

@@ -90,9 +90,11 @@ class FailingArchive:
         pass
 
     def study_exists(self, uid: str) -> bool:
-        return uid == "1.2.3"
+        return uid in ("1.2.3", "1.2.9")
 
     def series(self, uid: str) -> list[dict]:
+        if uid == "1.2.9":
+            raise Code.PACS_REQUEST_FAILED("QIDO-RS series search at dicomweb+http://fake/rs: HTTP 500")
         return [{"0020000E": {"Value": ["1.2.3.4"]}, "00080060": {"Value": ["CT"]}},
                 {"0020000E": {"Value": ["1.2.3.5"]}, "00080060": {"Value": ["SEG"]}}]  # fmt: skip
 
@@ -106,11 +108,12 @@ class FailingArchive:
 def test_a_series_that_cannot_be_retrieved_is_recorded_and_the_batch_goes_on(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(pacs_run, "Archive", FailingArchive)
     out = tmp_path / "out"
-    pacs = PacsOptions(source="dicomweb+http://fake/rs", studies=("1.2.3",), push=True, environ={})
+    pacs = PacsOptions(source="dicomweb+http://fake/rs", studies=("1.2.9", "1.2.3"), push=True, environ={})
     report, status = infer_pacs(BUNDLE, out, InferOptions(progress=False), pacs, echo=lambda _: None)
-    assert status == 4 and report["retrieve_failed"] == 1 and report["infer"] is None
+    assert status == 4 and report["retrieve_failed"] == 2 and report["infer"] is None
     with open(out / "studies.csv", newline="") as fp:
-        rows = {r["series"]: r for r in csv.DictReader(fp)}
+        rows = {r["series"] or r["study"]: r for r in csv.DictReader(fp)}
+    assert rows[records.study_id("1.2.9")]["status"] == "PACS_REQUEST_FAILED"  # its search failed; the next study ran
     assert rows[series_id("1.2.3.4")]["status"] == "PACS_RETRIEVE_FAILED"
     assert rows[series_id("1.2.3.5")]["status"] == "not selected (SEG)"
     assert not (out / "studies").exists()  # not done: the next run tries the study again
