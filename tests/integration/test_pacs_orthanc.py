@@ -11,6 +11,8 @@ One module fixture uploads the real CPTAC-LSCC chest CT (99 slices) and runs the
 3. the same again: nothing new is pushed;
 4. a wrong password: ``PACS_AUTH_FAILED``.
 
+5. ``--input`` the same series from ../shared/data into the same OUT: skipped, done by the archive run.
+
 Every logger is at DEBUG (pydicom's at INFO, as in test_patient_data.py) and the password must appear in
 no output, log or file. Skipped when Orthanc, its plugin or ../shared/data is missing (``.ci/run``
 installs orthanc + orthanc-dicomweb as root).
@@ -175,12 +177,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
                 ("again", [*common, *source, "--query", "ModalitiesInStudy=CT", "--push"], by_env),
                 ("badauth", [*common, *source, "--study", str(head.StudyInstanceUID)],
                  {**by_env, "MEDPIPE_DICOMWEB_PASSWORD": "wrong-" + PASSWORD[::-1]}),
+                # the same series from a folder into the same OUT: done by the archive run, so skipped
+                ("folder", [*common, "--input", str(CPTAC)], no_env),
             ):  # fmt: skip
                 t0 = time.perf_counter()
                 result = CliRunner().invoke(cli, args, env=env)
                 results[name] = (result, round(time.perf_counter() - t0, 1))
                 captured += [result.output, repr(result.exception) if result.exception else ""]
                 snapshots[name] = {
+                    "summary": json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else None,
                     "pacs": json.loads((out / "pacs.json").read_text()) if (out / "pacs.json").is_file() else None,
                     "pushes": list(csv.DictReader(open(out / "pushes.csv"))) if (out / "pushes.csv").is_file() else [],
                     "instances": orthanc.get("/statistics")["CountInstances"],
@@ -329,3 +334,18 @@ def test_tls_is_verified_against_the_ca_bundle(tls_server) -> None:
     assert insecure.exit_code == 3 and "PACS_STUDY_NOT_FOUND" in insecure.output, insecure.output
     assert "warning: --insecure" in insecure.output and "warning" not in verified.output
     assert PASSWORD not in verified.output + unverified.output + insecure.output
+
+
+def test_the_archive_run_is_the_folder_run(runs: dict) -> None:
+    """Same done record (the input fingerprint of the series as medpipe reads it from a folder): a folder
+    run into the same output folder finds the series done."""
+    from medpipe.dicom.scan import scan
+    from medpipe.infer.records import read_done
+    from medpipe.infer.sources import stack_fingerprint
+
+    stack = scan(str(CPTAC)).single()
+    assert read_done(runs["out"] / stack.id)["record"]["fingerprint"] == stack_fingerprint(stack)
+    result, _ = runs["results"]["folder"]
+    assert result.exit_code == 0, _output(runs, "folder")
+    summary = runs["snap"]["folder"]["summary"]
+    assert (summary["series"], summary["skipped"], summary["done"]) == (1, 1, 0), summary
