@@ -201,6 +201,8 @@ def infer_pacs(
         echo(f"warning: --insecure: the certificate of {config.shown} is not verified; anyone on the network path "
              "can read the images and the credentials")  # fmt: skip
     formats = run_formats(options)
+    if pacs.push and "dicom-seg" not in formats:
+        raise Code.INFER_BAD_FORMAT(f"--push stores DICOM SEGs, and --format {','.join(formats)} writes none: add dicom-seg")
     selected = parse_select(tuple(options.select))
     shard = parse_shard(options.shard)
     suffix = "" if shard is None else f"-{shard[0]}-of-{shard[1]}"

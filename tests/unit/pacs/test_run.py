@@ -53,6 +53,9 @@ def test_the_cli_refuses_input_with_source_and_credentials_in_the_url(tmp_path: 
     assert result.exit_code == 3 and "PACS_BAD_SOURCE" in result.output and "pw-CANARY" not in result.output
     result = CliRunner().invoke(cli, [*base, "--source", "dicomweb+http://127.0.0.1:1/x"])
     assert result.exit_code == 3 and "PACS_BAD_SOURCE" in result.output and "--study" in result.output
+    result = CliRunner().invoke(cli, [*base, "--source", "dicomweb+http://127.0.0.1:1/x", "--study", "1.2", "--push",
+                                      "--format", "nifti"])  # fmt: skip
+    assert result.exit_code == 3 and "INFER_BAD_FORMAT" in result.output and "dicom-seg" in result.output
 
 
 def test_qido_fingerprint_changes_with_an_instance_not_with_order() -> None:
