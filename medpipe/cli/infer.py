@@ -24,7 +24,8 @@ from medpipe.cli.options import (
 @click.option("--input", "input_path", type=click.Path(exists=True, path_type=str),
               help="DICOM folder tree, NIfTI file, or folder of NIfTI files (or --source).")  # fmt: skip
 @click.option("--source", metavar="dicomweb+http(s)://HOST:PORT/PATH",
-              help="A DICOMweb archive instead of --input: the studies of --study/--query (docs/pacs.md). "
+              help="A DICOMweb archive instead of --input (or dimse://HOST:PORT/AET): the studies of --study/--query "
+              "(docs/pacs.md). "
               "Credentials: MEDPIPE_DICOMWEB_USER/_PASSWORD or _TOKEN, or --pacs-config; never in the URL.")  # fmt: skip
 @click.option("--study", "studies", multiple=True, metavar="UID", help="--source: a StudyInstanceUID (repeatable).")
 @click.option("--query", metavar="KEY=VALUE&...",

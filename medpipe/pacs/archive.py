@@ -10,10 +10,12 @@ Failures become coded errors whose messages name the redacted URL, never a secre
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pydicom
@@ -177,19 +179,16 @@ class Archive:
         return self.call(search, "QIDO-RS instance search", Code.PACS_REQUEST_FAILED)
 
     # --- WADO-RS
-    def retrieve(self, study_uid: str, series_uid: str) -> Iterator[pydicom.Dataset]:
-        """The instances of a series (WADO-RS), streamed one by one; ``PACS_RETRIEVE_FAILED`` on error.
-
-        The whole retrieval is retried, so a caller writes what it gets to a scratch folder it clears
-        before each try (:meth:`retrieve_to`)."""
-        return self.client.iter_series(study_uid, series_uid)
-
-    def retrieve_to(self, study_uid: str, series_uid: str, write: Callable[[Sequence[pydicom.Dataset]], int],
-                    clear: Callable[[], None]) -> int:  # fmt: skip
-        """Retrieve a series and hand its instances to ``write`` (returns how many it wrote)."""
+    def retrieve_to(self, study_uid: str, series_uid: str, folder: Path) -> int:
+        """The instances of a series (WADO-RS), streamed one by one into ``folder`` (cleared before each
+        try); returns how many; ``PACS_RETRIEVE_FAILED`` on error."""
         def once() -> int:
-            clear()
-            return write(self.retrieve(study_uid, series_uid))  # type: ignore[arg-type]
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            n = 0
+            for n, ds in enumerate(self.client.iter_series(study_uid, series_uid), 1):
+                ds.save_as(folder / f"{n:06d}.dcm", enforce_file_format=True)
+            return n
 
         return self.call(once, "WADO-RS retrieval of a series", Code.PACS_RETRIEVE_FAILED)
 

@@ -29,11 +29,11 @@ from medpipe.errors import Code, look_up
 
 USER_ENV, PASSWORD_ENV, TOKEN_ENV = "MEDPIPE_DICOMWEB_USER", "MEDPIPE_DICOMWEB_PASSWORD", "MEDPIPE_DICOMWEB_TOKEN"
 CONFIG_ENV = "MEDPIPE_DICOMWEB_CONFIG"
-SCHEMES = ("dicomweb+http", "dicomweb+https")
+SCHEMES = ("dicomweb+http", "dicomweb+https", "dimse")
 #: the keys of a --pacs-config file
 CONFIG_KEYS = (
     "url", "username", "password", "token", "ca_bundle", "client_cert", "client_key", "insecure",
-    "timeout_s", "attempts", "retry_wait_s",
+    "timeout_s", "attempts", "retry_wait_s", "calling_aet", "move_port",
 )  # fmt: skip
 
 
@@ -68,6 +68,9 @@ class PacsConfig:
     #: tries of each request (QIDO, WADO, STOW) before it counts as failed, waiting retry_wait_s * 2^k between
     attempts: int = 4
     retry_wait_s: float = 2.0
+    #: DIMSE (dimse://): medpipe's AE title, and the port of its Storage SCP for C-MOVE
+    calling_aet: str = "MEDPIPE"
+    move_port: int = 11113
 
     def __repr__(self) -> str:  # never the secrets
         auth = "token" if self.token else "basic" if self.username else "none"
@@ -76,7 +79,11 @@ class PacsConfig:
     @property
     def shown(self) -> str:
         """The URL as medpipe prints it (``dicomweb+`` scheme, no user-info)."""
-        return "dicomweb+" + redact(self.url)
+        return self.url if self.dimse else "dicomweb+" + redact(self.url)
+
+    @property
+    def dimse(self) -> bool:
+        return self.url.startswith("dimse://")
 
     @property
     def auth(self) -> str:
@@ -93,6 +100,8 @@ def parse_source(source: str) -> str:
         )
     look_up(scheme.lower(), SCHEMES, what="--source scheme", code=Code.PACS_BAD_SOURCE)
     url = f"{scheme.lower().removeprefix('dicomweb+')}://{rest}"
+    if scheme.lower() == "dimse" and (not rest.partition("/")[2].strip("/") or "@" in rest):
+        raise Code.PACS_BAD_SOURCE(f"--source {shown!r}: a DIMSE archive is dimse://HOST:PORT/AET")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -156,10 +165,18 @@ def load_config(
     try:
         numbers = {k: float(data[k]) for k in ("timeout_s", "retry_wait_s") if k in data}
         attempts = int(data.get("attempts", 4))
+        move_port = int(data.get("move_port", 11113))
     except (TypeError, ValueError):
-        raise Code.PACS_CONFIG_INVALID("--pacs-config: timeout_s, retry_wait_s and attempts must be numbers") from None
-    if attempts < 1 or any(v < 0 for v in numbers.values()):
-        raise Code.PACS_CONFIG_INVALID("--pacs-config: attempts must be >= 1, timeout_s and retry_wait_s >= 0")
+        raise Code.PACS_CONFIG_INVALID(
+            "--pacs-config: timeout_s, retry_wait_s, attempts and move_port must be numbers"
+        ) from None
+    if attempts < 1 or any(v < 0 for v in numbers.values()) or not 0 < move_port < 65536:
+        raise Code.PACS_CONFIG_INVALID(
+            "--pacs-config: attempts must be >= 1, timeout_s and retry_wait_s >= 0, move_port a port number"
+        )
+    calling_aet = str(data.get("calling_aet", "MEDPIPE"))
+    if not 0 < len(calling_aet) <= 16 or "\\" in calling_aet:
+        raise Code.PACS_CONFIG_INVALID(f"--pacs-config: calling_aet {calling_aet!r} is not an AE title (1-16 characters)")
     for key in ("ca_bundle", "client_cert", "client_key"):
         value = ca_bundle if key == "ca_bundle" and ca_bundle else data.get(key)
         if value and not Path(value).is_file():
@@ -168,5 +185,5 @@ def load_config(
         url=url, username=user or None, password=password if user else None, token=token or None,
         ca_bundle=ca_bundle or data.get("ca_bundle"), client_cert=data.get("client_cert"),
         client_key=data.get("client_key"), insecure=bool(insecure or data.get("insecure", False)),
-        attempts=attempts, **numbers,
+        attempts=attempts, calling_aet=calling_aet, move_port=move_port, **numbers,
     )  # fmt: skip

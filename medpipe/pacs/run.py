@@ -14,6 +14,9 @@
    backoff; each push is recorded (``OUT/<id>/push.json``, ``OUT/pushes.csv``), and a push that failed is
    retried by the next run, whatever its query.
 
+``--source dimse://HOST:PORT/AET`` does the same over classic DICOM networking (C-FIND, C-MOVE,
+C-STORE: :mod:`medpipe.pacs.dimse`).
+
 ``OUT/studies.csv`` lists every series of every study considered (status ``retrieved``, ``done earlier``,
 ``not selected (MODALITY)`` or a failure code) and ``OUT/pacs.json`` the counts of the run.
 """
@@ -42,6 +45,7 @@ from medpipe.infer.task import ModelSpec
 from medpipe.pacs import records
 from medpipe.pacs.archive import MODALITY, SERIES_UID, STUDY_UID, Archive, Attempts, tag_value
 from medpipe.pacs.config import load_config
+from medpipe.pacs.dimse import DimseArchive
 from medpipe.privacy import series_id
 
 #: series that are results or documents, never images to segment
@@ -130,14 +134,6 @@ def _select_series(
     return chosen, rows
 
 
-def _write_instances(folder: Path, datasets: Iterable[pydicom.Dataset]) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    n = 0
-    for n, ds in enumerate(datasets, 1):
-        ds.save_as(folder / f"{n:06d}.dcm", enforce_file_format=True)
-    return n
-
-
 def _failed_series(out: Path, suffix: str) -> set[str]:
     import csv
 
@@ -148,7 +144,7 @@ def _failed_series(out: Path, suffix: str) -> set[str]:
         return set()
 
 
-def _push(archive: Archive, out: Path, folders: Iterable[Path], echo: Callable[[str], None]) -> dict[str, int]:
+def _push(archive: Archive | DimseArchive, out: Path, folders: Iterable[Path], echo: Callable[[str], None]) -> dict[str, int]:
     """Push every SEG of ``folders`` not yet pushed to this archive; a record per push."""
     counts = {"pushed": 0, "push_failed": 0, "pushed_earlier": 0}
     for folder in sorted(set(folders)):
@@ -212,7 +208,7 @@ def infer_pacs(
     ).open()  # fmt: skip
     run = run_record(model, clf, formats, options)
     wanted = selected.get("modality") or ({model.modality} if model.modality else set())
-    archive = Archive(config, sleep=sleep)
+    archive = (DimseArchive if config.dimse else Archive)(config, sleep=sleep)
     archive.check()
     uids = _study_uids(archive, pacs)
     out = Path(output)
@@ -248,10 +244,7 @@ def infer_pacs(
             for suid in chosen:
                 folder = scratch / study / series_id(suid)
                 try:
-                    archive.retrieve_to(
-                        uid, suid, lambda ds, f=folder: _write_instances(f, ds),
-                        lambda f=folder: shutil.rmtree(f, ignore_errors=True),
-                    )  # fmt: skip
+                    archive.retrieve_to(uid, suid, folder)
                     retrieved += 1
                 except MedpipeError as e:
                     if e.code not in (Code.PACS_RETRIEVE_FAILED, Code.PACS_UNREACHABLE):

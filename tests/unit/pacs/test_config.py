@@ -90,3 +90,15 @@ def test_no_archive_at_all_is_a_bad_source(tmp_path: Path) -> None:
 def test_the_config_never_shows_its_secrets() -> None:
     cfg = PacsConfig("https://h/rs", username="u", password=SECRET, token=SECRET)
     assert SECRET not in repr(cfg) and SECRET not in str(cfg) and cfg.shown == "dicomweb+https://h/rs"
+
+
+def test_a_dimse_source_names_the_called_ae_title(tmp_path: Path) -> None:
+    assert parse_source("dimse://pacs.hospital.local:104/PACS") == "dimse://pacs.hospital.local:104/PACS"
+    for bad in ("dimse://pacs:104", "dimse://pacs:104/", "dimse://me@pacs:104/PACS"):
+        assert _code(parse_source, bad).code == "PACS_BAD_SOURCE", bad
+    cfg = load_config(None, _config(tmp_path, {"url": "dimse://h:104/PACS", "calling_aet": "MP1", "move_port": 4000}),
+                      environ={})  # fmt: skip
+    assert (cfg.dimse, cfg.shown, cfg.calling_aet, cfg.move_port) == (True, "dimse://h:104/PACS", "MP1", 4000)
+    for data in ({"calling_aet": "A" * 17}, {"move_port": 70000}, {"move_port": "high"}):
+        err = _code(load_config, None, _config(tmp_path, {"url": "dimse://h:104/PACS", **data}), environ={})
+        assert err.code == "PACS_CONFIG_INVALID", data

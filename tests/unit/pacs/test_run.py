@@ -104,7 +104,7 @@ class FailingArchive:
     def instance_uids(self, study: str, series: str) -> list[str]:
         return ["1.2.3.4.1", "1.2.3.4.2"]
 
-    def retrieve_to(self, study, series, write, clear) -> int:
+    def retrieve_to(self, study, series, folder) -> int:
         raise Code.PACS_RETRIEVE_FAILED("WADO-RS retrieval of a series at dicomweb+http://fake/rs: HTTP 500")
 
 
