@@ -371,15 +371,15 @@ class Code(str, Enum):
     DICOM_WRITE_FAILED = "DICOM_WRITE_FAILED", DicomError, "a CT series could not be written to disk"
     # --- PACS archives (infer --source; docs/pacs.md)
     INFER_INPUT_OR_SOURCE = "INFER_INPUT_OR_SOURCE", InputError, "infer: give exactly one of --input (a folder) and --source (an archive); --study, --query, --push and --pacs-config need --source"  # fmt: skip
-    PACS_BAD_SOURCE = "PACS_BAD_SOURCE", InputError, "infer --source is not dicomweb+http(s)://HOST[:PORT]/PATH, carries credentials in the URL, or comes without --study / a valid --query"  # fmt: skip
+    PACS_BAD_SOURCE = "PACS_BAD_SOURCE", InputError, "infer --source is not dicomweb+http(s)://HOST[:PORT]/PATH or dimse://HOST:PORT/AET, carries credentials in the URL, or comes without --study / a valid --query"  # fmt: skip
     PACS_CONFIG_INVALID = "PACS_CONFIG_INVALID", InputError, "--pacs-config is unreadable, not a JSON object, has an unknown key, or holds a secret and is readable by others (chmod 600)"  # fmt: skip
-    PACS_UNREACHABLE = "PACS_UNREACHABLE", InputError, "the archive does not answer (connection refused, timeout, unknown host) after the retries"  # fmt: skip
+    PACS_UNREACHABLE = "PACS_UNREACHABLE", InputError, "the archive does not answer (connection refused, timeout, unknown host) after the retries, or refuses the DIMSE association"  # fmt: skip
     PACS_TLS_FAILED = "PACS_TLS_FAILED", InputError, "the archive's TLS certificate cannot be verified (--ca-bundle), or the client certificate is refused"  # fmt: skip
     PACS_AUTH_FAILED = "PACS_AUTH_FAILED", InputError, "the archive refuses the credentials (HTTP 401/403): MEDPIPE_DICOMWEB_* or --pacs-config"  # fmt: skip
-    PACS_REQUEST_FAILED = "PACS_REQUEST_FAILED", InputError, "the archive answers a QIDO-RS search with an HTTP error (status named)"  # fmt: skip
+    PACS_REQUEST_FAILED = "PACS_REQUEST_FAILED", InputError, "the archive answers a search (QIDO-RS, C-FIND) with an error (status named)"  # fmt: skip
     PACS_STUDY_NOT_FOUND = "PACS_STUDY_NOT_FOUND", InputError, "infer --study names a StudyInstanceUID the archive does not have"  # fmt: skip
-    PACS_RETRIEVE_FAILED = "PACS_RETRIEVE_FAILED", InputError, "a series could not be retrieved (WADO-RS error, no instances); recorded in studies.csv, the run goes on"  # fmt: skip
-    PACS_PUSH_FAILED = "PACS_PUSH_FAILED", InputError, "infer --push: STOW-RS of a SEG failed after the retries; recorded in pushes.csv, retried by the next run"  # fmt: skip
+    PACS_RETRIEVE_FAILED = "PACS_RETRIEVE_FAILED", InputError, "a series could not be retrieved (WADO-RS, C-MOVE: an error, no instances); recorded in studies.csv, the run goes on"  # fmt: skip
+    PACS_PUSH_FAILED = "PACS_PUSH_FAILED", InputError, "infer --push: storing a SEG (STOW-RS, C-STORE) failed after the retries or the archive does not list it; recorded in pushes.csv, retried by the next run"  # fmt: skip
 
 
 MedpipeError.code = Code.MEDPIPE_ERROR
