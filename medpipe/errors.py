@@ -120,18 +120,10 @@ class Code(str, Enum):
         "BUNDLE_NET_IO_MISMATCH", BundleError,
         "MONAI's verify_net_in_out failed: the network does not match metadata.json",
     )  # fmt: skip
-    BACKEND_BAD_OPTION = (
-        "BACKEND_BAD_OPTION", InputError,
-        "--backend / --precision names no backend or precision, or a pair the backend cannot run",
-    )  # fmt: skip
-    BACKEND_UNAVAILABLE = (
-        "BACKEND_UNAVAILABLE", InputError, "the --backend's package (onnxruntime, openvino, onnx) is not installed"
-    )  # fmt: skip
+    BACKEND_BAD_OPTION = "BACKEND_BAD_OPTION", InputError, "--backend / --precision: unknown, or not for this backend"
+    BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE", InputError, "--backend's package (onnxruntime, openvino) is not installed"
     BACKEND_FAILED = "BACKEND_FAILED", BundleError, "ONNX Runtime or OpenVINO cannot load the exported network"
-    BACKEND_MISMATCH = (
-        "BACKEND_MISMATCH", BundleError,
-        "the exported network does not give the eager network's output on the check window",
-    )  # fmt: skip
+    BACKEND_MISMATCH = "BACKEND_MISMATCH", BundleError, "the exported network does not give the eager logits"
     BUNDLE_CROP_SIZE_INVALID = (
         "BUNDLE_CROP_SIZE_INVALID", BundleError,
         "crop_size is not 3 positive integers, or the network cannot take such a crop or does not return one "
@@ -225,9 +217,7 @@ class Code(str, Enum):
         "MANIFEST_INVALID", ManifestError, "a manifest is not JSON, has no splits, or an entry lacks a key"
     )
     MANIFEST_NOT_FOUND = "MANIFEST_NOT_FOUND", ManifestError, "the manifest file does not exist"
-    MANIFEST_UNKNOWN_SPLIT = (
-        "MANIFEST_UNKNOWN_SPLIT", ManifestError, "a split the manifest lacks (the splits it has are listed)"
-    )
+    MANIFEST_UNKNOWN_SPLIT = "MANIFEST_UNKNOWN_SPLIT", ManifestError, "a split the manifest lacks (the splits it has are listed)"  # fmt: skip
     MANIFEST_EMPTY_SPLIT = "MANIFEST_EMPTY_SPLIT", ManifestError, "a split (or an image folder) holds no case"
     MANIFEST_MISSING_FILES = (
         "MANIFEST_MISSING_FILES", ManifestError, "files of a split do not exist (the first 5 listed): set dataset_dir"
@@ -237,36 +227,22 @@ class Code(str, Enum):
         "an entry's path resolves outside the dataset folder (../, absolute, symlink): "
         '"allow_outside_dataset_dir": true in the manifest allows it',
     )  # fmt: skip
-    MANIFEST_UNPAIRED = (
-        "MANIFEST_UNPAIRED", ManifestError, "manifest folder: images and labels that do not pair by file name"
-    )
-    DATA_GEOMETRY_MISMATCH = (
-        "DATA_GEOMETRY_MISMATCH", ManifestError, "a label is not on its image's grid (every such case listed)"
-    )
-    DATA_UNEXPECTED_LABELS = (
-        "DATA_UNEXPECTED_LABELS", ManifestError, "a label holds values outside 0..num_classes-1 (cases listed)"
-    )
+    MANIFEST_UNPAIRED = "MANIFEST_UNPAIRED", ManifestError, "manifest folder: images and labels that do not pair by file name"  # fmt: skip
+    DATA_GEOMETRY_MISMATCH = "DATA_GEOMETRY_MISMATCH", ManifestError, "a label is not on its image's grid (every such case listed)"  # fmt: skip
+    DATA_UNEXPECTED_LABELS = "DATA_UNEXPECTED_LABELS", ManifestError, "a label holds values outside 0..num_classes-1 (cases listed)"  # fmt: skip
     MEDMNIST_UNREADABLE = "MEDMNIST_UNREADABLE", ManifestError, "a MedMNIST file is missing or not a readable npz"
-    MEDMNIST_MISSING_KEYS = (
-        "MEDMNIST_MISSING_KEYS", ManifestError, "the npz lacks {train,val,test}_{images,labels}"
-    )
-    MEDMNIST_BAD_SHAPE = (
-        "MEDMNIST_BAD_SHAPE", ManifestError, "images are not (N, D, D, D) cubes, or labels not one per image"
-    )
+    MEDMNIST_MISSING_KEYS = "MEDMNIST_MISSING_KEYS", ManifestError, "the npz lacks {train,val,test}_{images,labels}"  # fmt: skip
+    MEDMNIST_BAD_SHAPE = "MEDMNIST_BAD_SHAPE", ManifestError, "images are not (N, D, D, D) cubes, or labels not one per image"  # fmt: skip
     MEDMNIST_UNKNOWN_DATASET = (
         "MEDMNIST_UNKNOWN_DATASET", ManifestError,
         "the file name is no MedMNIST 3D flag, so the number of classes is unknown: pass --num-classes",
     )  # fmt: skip
-    MEDMNIST_UNEXPECTED_LABELS = (
-        "MEDMNIST_UNEXPECTED_LABELS", ManifestError, "MedMNIST labels outside 0..num_classes-1"
-    )
+    MEDMNIST_UNEXPECTED_LABELS = "MEDMNIST_UNEXPECTED_LABELS", ManifestError, "MedMNIST labels outside 0..num_classes-1"  # fmt: skip
     MANIFEST_NO_COLUMN = (
         "MANIFEST_NO_COLUMN", ManifestError, "manifest crops: the table lacks a column the datalist needs (label, patient)"
     )
     LIDC_XML_INVALID = "LIDC_XML_INVALID", ManifestError, "an LIDC reader file is not readable LIDC XML"
-    LIDC_SERIES_MISMATCH = (
-        "LIDC_SERIES_MISMATCH", ManifestError, "an LIDC XML file names another series than the images beside it"
-    )
+    LIDC_SERIES_MISMATCH = "LIDC_SERIES_MISMATCH", ManifestError, "an LIDC XML file names another series than the images beside it"  # fmt: skip
     PASTE_RECIPE_INVALID = (
         "PASTE_RECIPE_INVALID", ManifestError, "manifest paste: a recipe's slab lies outside its host or overlaps another, or its split is unknown"
     )
@@ -397,6 +373,17 @@ class Code(str, Enum):
         "DICOM_WRITE_INVALID_INPUT", DicomError, "a volume cannot be written as a CT series (shape, spacing, dtype)"
     )
     DICOM_WRITE_FAILED = "DICOM_WRITE_FAILED", DicomError, "a CT series could not be written to disk"
+    # --- PACS archives (infer --source; docs/pacs.md)
+    INFER_INPUT_OR_SOURCE = "INFER_INPUT_OR_SOURCE", InputError, "infer: give exactly one of --input (a folder) and --source (an archive); --study, --query, --push and --pacs-config need --source"  # fmt: skip
+    PACS_BAD_SOURCE = "PACS_BAD_SOURCE", InputError, "infer --source is not dicomweb+http(s)://HOST[:PORT]/PATH or dimse://HOST:PORT/AET, carries credentials in the URL, or comes without --study / a valid --query"  # fmt: skip
+    PACS_CONFIG_INVALID = "PACS_CONFIG_INVALID", InputError, "--pacs-config is unreadable, not a JSON object, has an unknown key, or holds a secret and is readable by others (chmod 600)"  # fmt: skip
+    PACS_UNREACHABLE = "PACS_UNREACHABLE", InputError, "the archive does not answer (connection refused, timeout, unknown host) after the retries, or refuses the DIMSE association"  # fmt: skip
+    PACS_TLS_FAILED = "PACS_TLS_FAILED", InputError, "the archive's TLS certificate cannot be verified (--ca-bundle), or the client certificate is refused"  # fmt: skip
+    PACS_AUTH_FAILED = "PACS_AUTH_FAILED", InputError, "the archive refuses the credentials (HTTP 401/403): MEDPIPE_DICOMWEB_* or --pacs-config"  # fmt: skip
+    PACS_REQUEST_FAILED = "PACS_REQUEST_FAILED", InputError, "the archive answers a search (QIDO-RS, C-FIND) with an error (status named)"  # fmt: skip
+    PACS_STUDY_NOT_FOUND = "PACS_STUDY_NOT_FOUND", InputError, "infer --study names a StudyInstanceUID the archive does not have"  # fmt: skip
+    PACS_RETRIEVE_FAILED = "PACS_RETRIEVE_FAILED", InputError, "a series could not be retrieved (WADO-RS, C-MOVE: an error, no instances); recorded in studies.csv, the run goes on"  # fmt: skip
+    PACS_PUSH_FAILED = "PACS_PUSH_FAILED", InputError, "infer --push: storing a SEG (STOW-RS, C-STORE) failed after the retries or the archive does not list it; recorded in pushes.csv, retried by the next run"  # fmt: skip
 
 
 MedpipeError.code = Code.MEDPIPE_ERROR

@@ -23,8 +23,22 @@ from medpipe.cli.options import (
 @click.command()
 @bundle_option
 @trust_bundle_option
-@click.option("--input", "input_path", required=True, type=click.Path(exists=True, path_type=str),
-              help="DICOM folder tree, NIfTI file, or folder of NIfTI files.")  # fmt: skip
+@click.option("--input", "input_path", type=click.Path(exists=True, path_type=str),
+              help="DICOM folder tree, NIfTI file, or folder of NIfTI files (or --source).")  # fmt: skip
+@click.option("--source", metavar="dicomweb+http(s)://HOST:PORT/PATH",
+              help="A DICOMweb archive instead of --input (or dimse://HOST:PORT/AET): the studies of --study/--query "
+              "(docs/pacs.md). "
+              "Credentials: MEDPIPE_DICOMWEB_USER/_PASSWORD or _TOKEN, or --pacs-config; never in the URL.")  # fmt: skip
+@click.option("--study", "studies", multiple=True, metavar="UID", help="--source: a StudyInstanceUID (repeatable).")
+@click.option("--query", metavar="KEY=VALUE&...",
+              help="--source: the studies a QIDO-RS search matches, e.g. 'ModalitiesInStudy=CT&StudyDate=20260101-'.")  # fmt: skip
+@click.option("--push", is_flag=True, help="--source: store each SEG back in the archive (STOW-RS), retried, recorded.")
+@click.option("--pacs-config", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="JSON file: url, username/password or token, ca_bundle, client_cert/client_key, timeout_s, "
+              "attempts, retry_wait_s (mode 600 when it holds a secret).")  # fmt: skip
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="--source over https: the CA certificates (PEM) that verify the archive.")  # fmt: skip
+@click.option("--insecure", is_flag=True, help="--source over https without verifying the certificate (test archives only).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=str))
 @click.option("--classifier", type=click.Path(file_okay=False, path_type=str),
               help="Classifier bundle: adds its probability for a crop around each lesion.")  # fmt: skip
@@ -55,7 +69,14 @@ from medpipe.cli.options import (
 @assembly_options
 def infer(
     bundle: str,
-    input_path: str,
+    input_path: str | None,
+    source: str | None,
+    studies: tuple[str, ...],
+    query: str | None,
+    push: bool,
+    pacs_config: str | None,
+    ca_bundle: str | None,
+    insecure: bool,
     output: str,
     classifier: str | None,
     formats: str,
@@ -75,7 +96,8 @@ def infer(
     correct_tilt: bool,
     min_slices: int,
 ) -> None:
-    """Run a segmentation bundle on every series of INPUT: mask, DICOM SEG, lesion table, preview.
+    """Run a segmentation bundle on every series of INPUT (or of a DICOMweb archive's studies, --source):
+    mask, DICOM SEG, lesion table, preview; with --push the SEGs go back to the archive.
 
     Writes OUT/<id>/ per series and results.csv, lesions.csv, failures.csv, summary.json. Re-running
     skips series already done with the same bundle, weights and input. Series run one after another,
@@ -85,7 +107,10 @@ def infer(
     from medpipe.bundle.overrides import parse_overrides
     from medpipe.infer.run import InferOptions, outcome
     from medpipe.infer.run import infer as run_infer
+    from medpipe.pacs.run import PacsOptions, check_input_or_source, infer_pacs
 
+    pacs = PacsOptions(source, studies, query, push, pacs_config, ca_bundle, insecure)
+    from_archive = check_input_or_source(input_path, pacs)
     overrides = parse_overrides(sets)
     options = InferOptions(
         formats=tuple(formats.split(",")), select=select, classifier=classifier, weights=weights, threads=threads,
@@ -93,6 +118,9 @@ def infer(
         assembly=assembly(resample_gaps, correct_tilt, min_slices), show_paths=show_paths, shard=shard,
         anonymize_seg=anonymize_seg, backend=backend, precision=precision,
     )  # fmt: skip
-    status = outcome(run_infer(bundle, input_path, output, options, echo=click.echo), output)
+    if from_archive:
+        status = infer_pacs(bundle, output, options, pacs, echo=click.echo)[1]
+    else:
+        status = outcome(run_infer(bundle, input_path, output, options, echo=click.echo), output)
     if status:
         sys.exit(status)

@@ -28,8 +28,10 @@ import torch
 from tqdm import tqdm
 
 from medpipe import __version__
+from medpipe.bundle.model import BundleModel
 from medpipe.dicom.geometry import DEFAULT_OPTIONS, AssemblyOptions
 from medpipe.errors import EXIT_PARTIAL, Code, look_up
+from medpipe.infer.classifier import CropClassifier
 from medpipe.infer.records import in_shard, parse_shard, write_reports
 from medpipe.infer.sources import discover, parse_select, refuse_unselected
 from medpipe.infer.task import (
@@ -95,6 +97,34 @@ def on_dask(options: InferOptions) -> bool:
     return workers is not None or options.scheduler is not None
 
 
+def run_formats(options: InferOptions) -> tuple[str, ...]:
+    """``options.formats`` cleaned and checked (``INFER_BAD_FORMAT``)."""
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in options.formats if f.strip()))
+    for f in formats:
+        look_up(f, FORMATS, what="--format", code=Code.INFER_BAD_FORMAT)
+    return formats
+
+
+def run_record(
+    model: BundleModel, clf: CropClassifier | None, formats: Sequence[str], options: InferOptions
+) -> dict[str, Any]:
+    """The part of every series' done record that the run sets (a series adds its id and fingerprint)."""
+    return {
+        "bundle": model.name,
+        "bundle_folder": model.layout.root.name,
+        "bundle_version": model.version,
+        "model_sha256": model.weights.sha256,
+        "formats": sorted(formats),
+        "overrides": {k: str(v) for k, v in sorted(dict(options.overrides).items())},
+        "classifier": None if clf is None else [clf.model.name, clf.model.version, clf.model.weights.sha256],
+        **({"anonymize_seg": True} if options.anonymize_seg else {}),  # absent when off: earlier records hold
+        # absent for the bundle's own torch path, so that earlier records hold; another backend or
+        # precision computes slightly different masks, so its series are done again
+        **({"backend": [model.backend["backend"], model.backend["precision"]]}
+           if options.backend not in (None, "torch") or options.precision else {}),  # fmt: skip
+    }
+
+
 def _absolute(path: str | Path | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
@@ -109,9 +139,7 @@ def infer(
     after_series: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``bundle`` on every series of ``input_path`` into ``output``; returns summary.json."""
-    formats = tuple(dict.fromkeys(f.strip().lower() for f in options.formats if f.strip()))
-    for f in formats:
-        look_up(f, FORMATS, what="--format", code=Code.INFER_BAD_FORMAT)
+    formats = run_formats(options)
     selected = parse_select(tuple(options.select))
     shard = parse_shard(options.shard)
     suffix = "" if shard is None else f"-{shard[0]}-of-{shard[1]}"
@@ -141,19 +169,7 @@ def infer(
         found.unreadable[:] = [u for u in found.unreadable if in_shard(u[0], shard)]
     for source in found.sources:
         refuse_unselected(source, selected)
-    record_base = {
-        "bundle": model.name,
-        "bundle_folder": model.layout.root.name,
-        "bundle_version": model.version,
-        "model_sha256": model.weights.sha256,
-        "formats": sorted(formats),
-        "overrides": {k: str(v) for k, v in sorted(dict(options.overrides).items())},
-        "classifier": None if clf is None else [clf.model.name, clf.model.version, clf.model.weights.sha256],
-        **({"anonymize_seg": True} if options.anonymize_seg else {}),  # absent when off: earlier records hold
-        # absent for the bundle's own torch path, so that earlier records hold; another backend or
-        # precision computes slightly different masks, so its series are done again
-        **({"backend": [model.backend["backend"], model.backend["precision"]]} if options.backend not in (None, "torch") or options.precision else {}),
-    }
+    record_base = run_record(model, clf, formats, options)
     key = pseudonym_key(out) if options.anonymize_seg and "dicom-seg" in formats else None
     tasks = [
         SeriesTask(
