@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -80,3 +81,17 @@ def copy_with_random_weights(source: Path, bundle: Path, seed: int = 0) -> Path:
     torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
     seal_weights(bundle)
     return bundle
+
+
+class LogCollector(logging.Handler):
+    """Every log record of every logger, formatted: what a verbose run logs, for tests that scan it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(f"{record.name} {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted holds its raw args
+            self.lines.append(f"{record.name} {record.msg} {record.args}")

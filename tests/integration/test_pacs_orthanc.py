@@ -39,23 +39,13 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from tests.conftest import BUNDLE, SHARED_DATA
+from tests.conftest import BUNDLE, SHARED_DATA, LogCollector
 from tests.integration.orthanc import PASSWORD, USER, Orthanc, skip_without_orthanc
 
 CPTAC = SHARED_DATA / "lung_ct_dicom_cptac_lscc" / "series"
 ENV_KEYS = ("MEDPIPE_DICOMWEB_USER", "MEDPIPE_DICOMWEB_PASSWORD", "MEDPIPE_DICOMWEB_TOKEN", "MEDPIPE_DICOMWEB_CONFIG")
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.lines.append(f"{record.name} {record.getMessage()}")
-        except Exception:  # noqa: BLE001 - a record that cannot be formatted holds its raw args
-            self.lines.append(f"{record.name} {record.msg} {record.args}")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +73,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
         by_env = {**no_env, "MEDPIPE_DICOMWEB_USER": USER, "MEDPIPE_DICOMWEB_PASSWORD": PASSWORD}
         source = ["--source", f"dicomweb+{orthanc.url}/dicom-web"]
         results, captured, snapshots = {}, [], {}
-        handler = _Collect()
+        handler = LogCollector()
         loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)]
         levels = [lg.level for lg in loggers]
         for lg in loggers:

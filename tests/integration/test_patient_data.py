@@ -32,7 +32,7 @@ from click.testing import CliRunner
 
 from medpipe.cli import cli
 from medpipe.privacy import pseudonym
-from tests.conftest import BUNDLE, REPO, TINY_SPACING, copy_with_random_weights
+from tests.conftest import BUNDLE, REPO, TINY_SPACING, LogCollector, copy_with_random_weights
 from tests.integration.test_infer_run import FAST, _classifier_bundle, _write_series
 
 HEADERS = {
@@ -125,7 +125,7 @@ def runs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     results, captured = {}, []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    handler = _Collect()
+    handler = LogCollector()
     # verbose: every logger at DEBUG into the collector (those that do not propagate too)
     loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)]
     levels = [lg.level for lg in loggers]
@@ -152,18 +152,6 @@ def runs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "out": out, "results": results, "captured": captured, "series": series}
 
 
-class _Collect(logging.Handler):
-    """Every log record of every logger, formatted (the verbose logs)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.lines.append(f"{record.name} {record.getMessage()}")
-        except Exception:  # noqa: BLE001 - a record that cannot be formatted holds its raw args
-            self.lines.append(f"{record.name} {record.msg} {record.args}")
 
 
 def test_every_command_ran(runs: dict) -> None:
