@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,23 @@ class LogCollector(logging.Handler):
             self.lines.append(f"{record.name} {record.getMessage()}")
         except Exception:  # noqa: BLE001 - a record that cannot be formatted holds its raw args
             self.lines.append(f"{record.name} {record.msg} {record.args}")
+
+
+@contextlib.contextmanager
+def every_logger_at_debug() -> Iterator[LogCollector]:
+    """Every logger at DEBUG into one :class:`LogCollector` (those that do not propagate too), levels
+    restored after. pydicom stays at INFO: its DEBUG trace names each file it reads (and with
+    ``pydicom.config.debug()`` dumps element values), a developer's tool no medpipe option turns on."""
+    handler = LogCollector()
+    loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.INFO if lg.name.split(".")[0] == "pydicom" else logging.DEBUG)
+        if lg is loggers[0] or not lg.propagate:
+            lg.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)

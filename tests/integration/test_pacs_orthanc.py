@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import shutil
 import ssl
@@ -39,7 +38,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from tests.conftest import BUNDLE, SHARED_DATA, LogCollector
+from tests.conftest import BUNDLE, SHARED_DATA, every_logger_at_debug
 from tests.integration.orthanc import PASSWORD, USER, Orthanc, skip_without_orthanc
 
 CPTAC = SHARED_DATA / "lung_ct_dicom_cptac_lscc" / "series"
@@ -73,14 +72,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
         by_env = {**no_env, "MEDPIPE_DICOMWEB_USER": USER, "MEDPIPE_DICOMWEB_PASSWORD": PASSWORD}
         source = ["--source", f"dicomweb+{orthanc.url}/dicom-web"]
         results, captured, snapshots = {}, [], {}
-        handler = LogCollector()
-        loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)]
-        levels = [lg.level for lg in loggers]
-        for lg in loggers:
-            lg.setLevel(logging.INFO if lg.name.split(".")[0] == "pydicom" else logging.DEBUG)
-            if lg is loggers[0] or not lg.propagate:
-                lg.addHandler(handler)
-        try:
+        with every_logger_at_debug() as handler:
             for name, args, env in (
                 ("refused", [*common, "--pacs-config", str(config), "--study", str(head.StudyInstanceUID), "--push"], no_env),
                 ("retry", [*common, *source, "--query", "ModalitiesInStudy=CT", "--push"], by_env),
@@ -103,10 +95,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
                 if name == "refused":
                     orthanc.stop()
                     orthanc.start(refuse_seg=False)
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.removeHandler(handler)
-                lg.setLevel(level)
         captured += handler.lines
         yield {"orthanc": orthanc, "out": out, "results": results, "snap": snapshots, "captured": captured,
                "head": head, "tmp": tmp}  # fmt: skip

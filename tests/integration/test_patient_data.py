@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import shutil
 import subprocess
 import warnings
@@ -32,7 +31,7 @@ from click.testing import CliRunner
 
 from medpipe.cli import cli
 from medpipe.privacy import pseudonym
-from tests.conftest import BUNDLE, REPO, TINY_SPACING, LogCollector, copy_with_random_weights
+from tests.conftest import BUNDLE, REPO, TINY_SPACING, copy_with_random_weights, every_logger_at_debug
 from tests.integration.test_infer_run import FAST, _classifier_bundle, _write_series
 
 HEADERS = {
@@ -125,28 +124,16 @@ def runs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     results, captured = {}, []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    handler = LogCollector()
-    # verbose: every logger at DEBUG into the collector (those that do not propagate too)
-    loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        # pydicom's DEBUG trace names each file it reads (and with pydicom.config.debug() dumps element
-        # values): a developer's tool that no medpipe option turns on, so pydicom stays at INFO here
-        lg.setLevel(logging.INFO if lg.name.split(".")[0] == "pydicom" else logging.DEBUG)
-        if lg is loggers[0] or not lg.propagate:
-            lg.addHandler(handler)
     try:
-        for name, args in commands.items():
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                result = CliRunner().invoke(cli, args)
-            results[name] = result
-            captured += [result.output, repr(result.exception) if result.exception else ""]
-            captured += [str(w.message) for w in caught]
+        with every_logger_at_debug() as handler:  # verbose: every logger into the collector
+            for name, args in commands.items():
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    result = CliRunner().invoke(cli, args)
+                results[name] = result
+                captured += [result.output, repr(result.exception) if result.exception else ""]
+                captured += [str(w.message) for w in caught]
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
         torch.set_num_threads(threads)
     captured += handler.lines
     return {"root": root, "out": out, "results": results, "captured": captured, "series": series}
